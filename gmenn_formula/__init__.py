@@ -1,0 +1,14 @@
+"""gmenn-formula: lme4-style formulas with neural networks, fitted by Monte Carlo EM.
+
+Stages: ``parse`` (formula text -> Formula), ``design`` (Formula + DataFrame ->
+Design arrays), the engine (Monte Carlo EM), and the results.
+"""
+
+from gmenn_formula.errors import GmennError
+from gmenn_formula.formula import parse
+
+# The function shadows the subpackage of the same name on purpose: gmenn_formula.design(formula, data).
+from gmenn_formula.design import Design, DesignSpec, design  # noqa: E402  isort: skip
+
+__all__ = ["Design", "DesignSpec", "GmennError", "design", "parse"]
+__version__ = "0.1.0"

@@ -1,0 +1,87 @@
+"""Parametric columns (the linear fixed part, ``nn()`` inputs, random slopes) via formulae.
+
+formulae evaluates each block once on the training data; the resulting
+``CommonEffectsMatrix`` remembers categorical levels and stateful transforms
+(``scale``, ``center``, spline knots) and re-applies them to new data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulae import design_matrices, model_description
+
+from gmenn_formula.errors import ColumnNotFoundError, DataError
+
+NAMESPACE = {"np": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "abs": np.abs}
+"""R-style names usable in formulas besides formulae's own (``offset(log(t))`` as in lme4)."""
+
+_LEVELS_NOT_PRESENT = re.compile(r"The levels? \((?P<levels>.*)\) in '(?P<term>.*)' (?:is|are) not present")
+
+
+def variables(expr: str) -> set[str]:
+    """Data column names an expression (formulae syntax) reads, e.g. ``np.log(t)`` -> ``{"t"}``."""
+    return {name for name in model_description(expr).var_names if name}
+
+
+def check_columns(names: set[str], data: pd.DataFrame, role: str) -> None:
+    """Raise ColumnNotFoundError naming the first missing column and close matches."""
+    columns = [str(c) for c in data.columns]
+    for name in sorted(names):
+        if name not in data.columns:
+            close = difflib.get_close_matches(name, columns, n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ColumnNotFoundError(
+                f"Column {name!r} used in the {role} is not in the data.{hint} "
+                f"Available columns: {', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''}."
+            )
+
+
+@dataclass(frozen=True)
+class ParametricBlock:
+    """A dense block of columns from formulae, learned on training data.
+
+    ``names`` has one entry per column (formulae's labels, e.g. ``C(g)[b]``;
+    the intercept is ``(Intercept)`` as in R).
+    """
+
+    formula: str
+    names: tuple[str, ...]
+    _matrix: object  # formulae CommonEffectsMatrix, kept to re-apply encodings
+
+    @classmethod
+    def learn(cls, exprs: tuple[str, ...], intercept: bool, data: pd.DataFrame, role: str) -> tuple[ParametricBlock, np.ndarray]:
+        """Evaluate ``exprs`` on training data. Returns the block and its (n, k) float64 matrix."""
+        formula = " + ".join(["1" if intercept else "0", *exprs])
+        if not exprs and not intercept:
+            return cls(formula, (), None), np.zeros((len(data), 0))
+        try:
+            matrix = design_matrices(formula, data, na_action="error", extra_namespace=NAMESPACE).common
+        except Exception as exc:  # formulae raises bare ValueError/TypeError/NameError
+            raise DataError(f"Could not build the {role} columns {formula!r}: {exc}") from exc
+        frame = matrix.as_dataframe()
+        names = tuple("(Intercept)" if c == "Intercept" else str(c) for c in frame.columns)
+        return cls(formula, names, matrix), np.asarray(frame, dtype=np.float64)
+
+    def apply(self, data: pd.DataFrame, role: str) -> np.ndarray:
+        """Evaluate the learned block on new data with the training encodings. Returns (n, k)."""
+        if self._matrix is None:
+            return np.zeros((len(data), 0))
+        try:
+            frame = self._matrix.evaluate_new_data(data).as_dataframe()
+        except ValueError as exc:
+            found = _LEVELS_NOT_PRESENT.search(str(exc))
+            if found:
+                raise DataError(
+                    f"New data has level(s) {found['levels']} of {found['term']} (in the {role}) that the "
+                    "training data did not have; a fixed-effect encoding cannot represent them. "
+                    "Use the factor as a grouping factor, e.g. (1 | factor), to allow new levels."
+                ) from exc
+            raise DataError(f"Could not build the {role} columns on new data: {exc}") from exc
+        except Exception as exc:
+            raise DataError(f"Could not build the {role} columns on new data: {exc}") from exc
+        return np.asarray(frame, dtype=np.float64)

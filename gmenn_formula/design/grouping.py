@@ -1,0 +1,90 @@
+"""Grouping factors as int32 level codes: never a dense rows-by-levels matrix.
+
+A factor (or an interaction ``a:b`` of factors) becomes one int32 code per row
+into a sorted table of level labels, as R's ``factor()`` sorts its levels.
+Rows of new data whose level was not seen in training get :data:`NEW_LEVEL`,
+which the engine reads as "no random effect" (lme4's ``allow.new.levels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from gmenn_formula.errors import GroupingFactorError
+
+NEW_LEVEL = -1
+"""Code of a row whose grouping level was not seen in training."""
+
+
+def _factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Sorted level codes of one column; labels keep the column's dtype."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.cat.remove_unused_categories()
+        return values.cat.codes.to_numpy(np.int64), pd.Index(values.cat.categories)
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int64), pd.Index(uniques)
+
+
+@dataclass(frozen=True)
+class GroupingFactor:
+    """The levels of one grouping factor, learned from training data.
+
+    ``columns``: the data columns whose interaction defines the factor.
+    ``levels``: (q,) labels, a MultiIndex for an interaction.
+    """
+
+    columns: tuple[str, ...]
+    levels: pd.Index
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.columns)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def labels(self) -> list[str]:
+        """Level labels as text, ``a1:b2`` for interactions."""
+        if isinstance(self.levels, pd.MultiIndex):
+            return [":".join(str(v) for v in tup) for tup in self.levels]
+        return [str(v) for v in self.levels]
+
+    @classmethod
+    def learn(cls, columns: tuple[str, ...], data: pd.DataFrame) -> tuple[GroupingFactor, np.ndarray]:
+        """Levels and (n,) int32 codes of the factor on training data."""
+        parts = [_factorize(data[c]) for c in columns]
+        if len(parts) == 1:
+            codes, levels = parts[0]
+        else:
+            combined = np.zeros(len(data), dtype=np.int64)
+            for part_codes, part_levels in parts:
+                combined = combined * len(part_levels) + part_codes
+            codes, used = pd.factorize(combined, sort=True)
+            tuples = []
+            for position in range(len(parts) - 1, -1, -1):
+                part_levels = parts[position][1]
+                tuples.insert(0, part_levels[used % len(part_levels)])
+                used = used // len(part_levels)
+            levels = pd.MultiIndex.from_arrays(tuples, names=list(columns))
+        factor = cls(tuple(columns), levels)
+        if factor.num_levels < 2:
+            only = factor.labels[0] if factor.num_levels else "none"
+            raise GroupingFactorError(
+                f"Grouping factor {factor.name!r} has {factor.num_levels} level (only {only!r}) in the data "
+                "used for fitting; a random effect needs at least two levels. Remove the term "
+                f"'(... | {factor.name})' or check the data."
+            )
+        return factor, codes.astype(np.int32)
+
+    def encode(self, data: pd.DataFrame) -> np.ndarray:
+        """(n,) int32 codes of new data; unseen levels get NEW_LEVEL."""
+        if isinstance(self.levels, pd.MultiIndex):
+            keys = pd.MultiIndex.from_arrays([data[c] for c in self.columns])
+        else:
+            keys = pd.Index(data[self.columns[0]])
+        return self.levels.get_indexer(keys).astype(np.int32)

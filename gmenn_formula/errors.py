@@ -1,0 +1,91 @@
+"""One exception hierarchy for everything a user can get wrong.
+
+Every error raised for a user mistake derives from :class:`GmennError`. Each
+subclass also inherits the builtin a caller would catch by habit
+(``ValueError``, ``TypeError``, ``KeyError``), so ``except ValueError`` keeps
+working. Messages name the offending token, column or level and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class GmennError(Exception):
+    """Root of every gmenn-formula error."""
+
+
+class FormulaSyntaxError(GmennError, ValueError):
+    """The formula text is not valid in the formula language.
+
+    Attributes: ``formula`` (the text), ``position`` (0-based character offset
+    of the offending token), ``expected`` (what would have been accepted).
+    The message shows the formula with a caret under the offending token.
+    """
+
+    def __init__(self, message: str, formula: str, position: int, expected: str = "") -> None:
+        self.formula = formula
+        self.position = position
+        self.expected = expected
+        self.reason = message
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        caret = " " * max(self.position, 0) + "^"
+        text = f"{self.reason}\n  {self.formula}\n  {caret}"
+        if self.expected:
+            text += f"\nExpected {self.expected}."
+        return text
+
+
+class FamilyError(GmennError, ValueError):
+    """The family is not one of gaussian, binomial, poisson, categorical."""
+
+
+class NetworkError(GmennError, ValueError):
+    """A user network for ``nn(..., net=...)`` is missing or does not fit its inputs/outputs."""
+
+
+class ControlError(GmennError, ValueError):
+    """A fit setting (``**control``) is unknown or out of range."""
+
+
+class DataError(GmennError, ValueError):
+    """The data does not fit the formula (base for data mistakes)."""
+
+
+class DataTypeError(GmennError, TypeError):
+    """``data`` is not a pandas DataFrame (or another argument has the wrong type)."""
+
+
+class EmptyDataError(DataError):
+    """The data frame has no rows (before or after dropping missing values)."""
+
+
+class ColumnNotFoundError(DataError, KeyError):
+    """A column named in the formula is not in the data frame."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class GroupingFactorError(DataError):
+    """A grouping factor cannot carry a random effect (e.g. it has one level)."""
+
+
+class ResponseError(DataError):
+    """The response does not suit the family (e.g. continuous values for a categorical family)."""
+
+
+class MissingValueError(DataError):
+    """Rows with missing values where ``na_action="raise"`` was asked for."""
+
+
+class NewLevelError(DataError):
+    """New data holds grouping levels unseen in training and ``allow_new_levels=False``."""
+
+
+class MissingValueWarning(UserWarning):
+    """Rows with missing values were dropped (lme4's ``na.omit``)."""
+
+
+class NewLevelWarning(UserWarning):
+    """New data holds grouping levels unseen in training; they get no random effect."""

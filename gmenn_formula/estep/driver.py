@@ -1,0 +1,99 @@
+"""The E-step of one fit: the compiled model, the sampler state, and the whitening.
+
+:class:`EStep` is the only stateful piece of the E-step: it keeps the compiled
+PyMC/JAX model, the data on the device, the sampler state (warm start) and the
+center of the whitening (the mean of the previous epoch's draws), and turns
+(F, covariances, dispersion) into draws. Everything it calls is a pure function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmenn_formula.estep import sampler
+from gmenn_formula.estep.model import ModelParams, TermArrays, compile_model, model_data
+from gmenn_formula.estep.precondition import level_precision, whitening_from_precision
+from gmenn_formula.families import Family
+
+VARIANCE_FLOOR = 1e-8
+"""Smallest prior variance passed to the sampler (relative to 1): keeps Cholesky factors finite at a boundary fit."""
+
+
+@dataclass(frozen=True)
+class EpochDraws:
+    """Kept draws of one epoch, per term (m, q_l, p_l, c) numpy float32, and the sampler's diagnostics."""
+
+    effects: tuple[np.ndarray, ...]
+    info: sampler.EpochInfo
+
+
+def _cholesky(covariances: np.ndarray) -> np.ndarray:
+    """(c, p, p) lower Cholesky factors of covariances floored at VARIANCE_FLOOR."""
+    p = covariances.shape[-1]
+    return np.linalg.cholesky(covariances + VARIANCE_FLOOR * np.eye(p)).astype(np.float32)
+
+
+class EStep:
+    """Draws of the random effects given the fixed part, for one set of rows.
+
+    ``terms``: per random-effect term codes (n,), Z (n, p), q; ``y``, ``trials`` (n,);
+    ``num_outputs`` c. The model is compiled once here; ``draw`` runs one epoch.
+    """
+
+    def __init__(
+        self,
+        family: Family,
+        terms: tuple[TermArrays, ...],
+        y: np.ndarray,
+        trials: np.ndarray,
+        num_outputs: int,
+        config: sampler.SamplerConfig,
+        seed: int,
+    ) -> None:
+        self.family = family
+        self.config = config
+        self.compiled = compile_model(family, terms, y, trials, num_outputs)
+        self.data = model_data(terms, y, trials)
+        self.shapes = self.compiled.shapes
+        start = tuple(jnp.zeros((q, p * c), jnp.float32) for q, p, c in self.shapes)
+        self.state = sampler.init(start, config)
+        self.center = start
+        self.key = jax.random.PRNGKey(seed)
+        compiled, data = self.compiled, self.data
+
+        def whitening(center, params: ModelParams, precisions):
+            eta = compiled.eta(center, params, data)
+            W = family.jax_fisher(eta, data.trials, params.dispersion)
+            blocks = [
+                level_precision(codes, Z, W, P, shape[0])
+                for codes, Z, P, shape in zip(data.codes, data.Z, precisions, self.shapes)
+            ]
+            return whitening_from_precision(center, blocks)
+
+        self._whitening = jax.jit(whitening)
+
+    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float) -> EpochDraws:
+        """One epoch of K draws (R dropped) given F (n, c), per term covariances (c, p, p)."""
+        chols = [_cholesky(S) for S in covariances]
+        params = ModelParams(
+            F=jnp.asarray(F, jnp.float32),
+            chols=tuple(jnp.asarray(L) for L in chols),
+            dispersion=jnp.asarray(dispersion, jnp.float32),
+        )
+        whitening = None
+        if self.config.kind == "whitened":
+            precisions = tuple(jnp.asarray(np.linalg.inv(S + VARIANCE_FLOOR * np.eye(S.shape[-1])), jnp.float32) for S in covariances)
+            whitening = self._whitening(self.center, params, precisions)
+        self.key, key = jax.random.split(self.key)
+        self.state, draws, info = sampler.sample_epoch(
+            key, self.state, self.compiled.logdensity, self.config, whitening, (params, self.data)
+        )
+        self.center = tuple(d.mean(axis=0) for d in draws)
+        effects = tuple(
+            np.asarray(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(draws, self.shapes)
+        )
+        return EpochDraws(effects=effects, info=jax.device_get(info))

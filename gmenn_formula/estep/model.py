@@ -1,0 +1,152 @@
+"""The E-step's PyMC model, compiled once per fit to one JAX function.
+
+The model (n rows, c outputs, per random-effect term l: q_l levels, p_l coefficients):
+
+    B_l[q, c, :] ~ MvNormal(0, chol = L_l[c])          (p_l,) per level and class
+    eta          = F + sum_l (B_l[codes_l] * Z_l[:, None, :]).sum(-1)      (n, c)
+    y            ~ family(eta)
+
+PyMC's own JAX path bakes ``pm.Data`` in as constants (stale after
+``set_data``, and slow to compile for large n). We build the model with
+``pm.Data`` placeholders, replace every one of them by a symbolic input of the
+same static shape (static shapes let PyTensor fold the ``arange`` calls JAX
+needs constant), and jaxify the graph: F, the Cholesky factors, the dispersion
+and the data arrays are all arguments, so one compilation serves every epoch.
+
+Everything runs in float32: importing this module turns ``jax_enable_x64``
+off again after PyTensor's JAX dispatch turned it on.
+
+The sampler sees each term's effects as a (q_l, p_l * c) block, index
+``p * c + class`` (see :mod:`gmenn_formula.estep.precondition`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+from pymc.sampling.jax import get_jaxified_graph
+from pytensor.graph.replace import graph_replace
+
+from gmenn_formula.families import Family
+
+# Importing PyTensor's JAX dispatch turns on jax_enable_x64 when PyTensor's floatX is
+# float64 (its default). The E-step runs in float32 (fast on CPU and GPU; blackjax NUTS
+# breaks with mixed precision), so turn it back off after that import.
+jax.config.update("jax_enable_x64", False)
+
+
+@dataclass(frozen=True)
+class TermArrays:
+    """One random-effect term: ``codes`` (n,) int32 in [0, q), ``Z`` (n, p) float32."""
+
+    codes: np.ndarray
+    Z: np.ndarray
+    num_levels: int
+
+    @property
+    def num_coefs(self) -> int:
+        return self.Z.shape[1]
+
+
+class ModelData(NamedTuple):
+    """Data arrays of the E-step (JAX): ``y`` (n,), ``trials`` (n,), per term codes and Z."""
+
+    y: jax.Array
+    trials: jax.Array
+    codes: tuple[jax.Array, ...]
+    Z: tuple[jax.Array, ...]
+
+
+class ModelParams(NamedTuple):
+    """What changes between epochs: ``F`` (n, c) fixed-part predictor, per term the
+    Cholesky factors ``chols[l]`` (c, p_l, p_l) of the prior covariances, and the
+    gaussian residual variance ``dispersion`` (scalar; ignored by other families)."""
+
+    F: jax.Array
+    chols: tuple[jax.Array, ...]
+    dispersion: jax.Array
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """``logdensity(position, params, data)`` -> scalar and ``eta(position, params, data)`` -> (n, c).
+
+    ``position``: tuple of (q_l, p_l * c) blocks. ``model``: the PyMC model it came from.
+    """
+
+    logdensity: Callable
+    eta: Callable
+    model: pm.Model
+    shapes: tuple[tuple[int, int, int], ...]
+    """(q_l, p_l, c) of each term."""
+
+
+def _to_pymc_layout(block: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
+    q, p, c = shape
+    return block.reshape(q, p, c).transpose(0, 2, 1)
+
+
+def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, num_outputs: int) -> tuple[pm.Model, dict]:
+    """The PyMC model and a name -> placeholder map of its ``pm.Data`` variables."""
+    n = len(y)
+    with pytensor.config.change_flags(floatX="float32"), pm.Model() as model:
+        F = pm.Data("F", np.zeros((n, num_outputs), np.float32))
+        dispersion = pm.Data("dispersion", np.float32(1.0))
+        y_data = pm.Data("y", y)
+        trials_data = pm.Data("trials", trials)
+        eta = F
+        for index, term in enumerate(terms):
+            chol = pm.Data(f"chol_{index}", np.tile(np.eye(term.num_coefs, dtype=np.float32), (num_outputs, 1, 1)))
+            codes = pm.Data(f"codes_{index}", term.codes)
+            Z = pm.Data(f"Z_{index}", term.Z)
+            B = pm.MvNormal(f"B_{index}", mu=0.0, chol=chol, shape=(term.num_levels, num_outputs, term.num_coefs))
+            eta = eta + (B[codes] * Z[:, None, :]).sum(-1)
+        pm.Deterministic("eta", eta)
+        family.pymc_observed("y_obs", eta, y_data, trials_data, dispersion)
+    return model, {name: var for name, var in model.named_vars.items() if isinstance(var, pytensor.compile.SharedVariable)}
+
+
+def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, num_outputs: int) -> CompiledModel:
+    """Build the PyMC model and jaxify its log density and linear predictor once."""
+    model, shared = build_model(family, terms, y, trials, num_outputs)
+    inputs = {name: pt.tensor(name=name, dtype=var.dtype, shape=var.get_value().shape) for name, var in shared.items()}
+    (eta_values,) = model.replace_rvs_by_values([model["eta"]])
+    logp, eta = graph_replace([model.logp(), eta_values], {shared[name]: inputs[name] for name in shared}, strict=False)
+    order = ["F", "dispersion", "y", "trials"]
+    for index in range(len(terms)):
+        order += [f"chol_{index}", f"codes_{index}", f"Z_{index}"]
+    values = [model[f"B_{index}"] for index in range(len(terms))]
+    value_vars = [model.rvs_to_values[v] for v in values]
+    jax_fn = get_jaxified_graph(inputs=[*value_vars, *(inputs[name] for name in order)], outputs=[logp, eta])
+    shapes = tuple((t.num_levels, t.num_coefs, num_outputs) for t in terms)
+
+    def call(position, params: ModelParams, data: ModelData):
+        blocks = [_to_pymc_layout(b, s) for b, s in zip(position, shapes)]
+        named = {"F": params.F, "dispersion": params.dispersion, "y": data.y, "trials": data.trials}
+        for index in range(len(terms)):
+            named |= {f"chol_{index}": params.chols[index], f"codes_{index}": data.codes[index], f"Z_{index}": data.Z[index]}
+        return jax_fn(*blocks, *(named[name] for name in order))
+
+    return CompiledModel(
+        logdensity=lambda position, params, data: call(position, params, data)[0],
+        eta=lambda position, params, data: call(position, params, data)[1],
+        model=model,
+        shapes=shapes,
+    )
+
+
+def model_data(terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray) -> ModelData:
+    """Device arrays of the data (float32 / int32)."""
+    return ModelData(
+        y=jnp.asarray(y),
+        trials=jnp.asarray(trials, dtype=jnp.float32),
+        codes=tuple(jnp.asarray(t.codes, dtype=jnp.int32) for t in terms),
+        Z=tuple(jnp.asarray(t.Z, dtype=jnp.float32) for t in terms),
+    )

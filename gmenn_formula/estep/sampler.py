@@ -1,0 +1,273 @@
+"""E-step sampler: K NUTS draws of the random effects per EM epoch, one compiled call.
+
+A position is a tuple with one (q_l, d_l) array per random-effect term
+(d_l = p_l * C, layout ``p * C + c``). Pure functions over NamedTuples, as in
+blackjax: :func:`init` makes a :class:`SamplerState`, :func:`sample_epoch`
+runs one epoch and returns the new state, the kept draws and an
+:class:`EpochInfo`.
+
+Two kinds (``SamplerConfig.kind``):
+
+- ``"whitened"`` (default): NUTS with identity mass on z, where
+  B = center + L^{-T} z per level (:class:`~gmenn_formula.estep.precondition.BlockWhitening`),
+  so the target is close to N(0, I). Step size: to start, the leapfrog
+  scaling of a standard normal in D dimensions, ``min(1, 2 * D**-0.25)``;
+  after each epoch ``log step += step_size_gain * (mean acceptance -
+  target_acceptance)`` (gain 0.7, target 0.8). The step size is fixed within
+  an epoch, so each epoch is a proper Markov chain. Near the target the
+  acceptance falls by about 0.8 per unit of log step, so a gain of 0.7
+  contracts an error by about half per epoch while damping the noise of a
+  K=2 epoch's acceptance; an epoch with acceptance 0 shrinks the step by
+  0.57, one with acceptance 1 grows it by 1.15. Dual averaging (Hoffman & Gelman 2014) with one update per
+  epoch was tried first: its effective gain of 2-3 per update made the step
+  size swing 4x between epochs on the benchmark below.
+- ``"paper"``: the paper's sampler (section 2.2): NUTS with identity mass in
+  the original coordinates, step size 0.1 to start, halved after an epoch
+  whose mean acceptance is below 0.001, no other adaptation.
+
+Warm start: the state holds the last draw in the ORIGINAL coordinates, and
+each epoch whitens it with the epoch's whitening, so the whitening may change
+between epochs. Everything that changes between epochs (the network output
+F, Sigma, the whitening, the state) is an argument of the jitted
+:func:`sample_epoch`, never a closure constant: one compilation serves every
+epoch as long as shapes, ``logdensity_fn`` and ``config`` stay the same.
+
+Benchmark (``benchmarks/sampler_mixing.py``: softmax C=5; factors of 1000,
+10 and 1000 levels, 20,000 rows, random F, variances 1e-4, .5, .5; one chain
+of 50 kept draws after 5 adaptation epochs), measured on 2 CPU cores,
+<date>: see the table filled in below.
+
+BENCHMARK_TABLE
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal, NamedTuple
+
+import blackjax
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from gmenn_formula.estep.precondition import BlockWhitening, Position, whitened_logdensity
+
+SamplerKind = Literal["whitened", "paper"]
+
+PAPER_INITIAL_STEP_SIZE = 0.1
+"""The paper's epsilon_0."""
+PAPER_MIN_ACCEPTANCE = 1e-3
+"""The paper halves the step size after an epoch with mean acceptance below this."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Static settings of the E-step sampler (hashable: a static jit argument).
+
+    ``kind``: ``"whitened"`` or ``"paper"`` (see the module docstring);
+    ``num_draws``: K draws per epoch, of which the first ``burn_in`` (R) are
+    dropped; ``initial_step_size``: None for the kind's default (0.1 for
+    "paper", ``min(1, 2 * D**-0.25)`` for "whitened", D the number of random
+    effects); ``target_acceptance`` and ``step_size_gain``: the between-epoch
+    step-size rule of "whitened" (unused by "paper"); ``max_tree_depth``: most trajectory doublings (2**depth - 1 leapfrog
+    steps); ``divergence_threshold``: energy error that marks a divergence.
+    """
+
+    kind: SamplerKind = "whitened"
+    num_draws: int = 2
+    burn_in: int = 1
+    initial_step_size: float | None = None
+    target_acceptance: float = 0.8
+    step_size_gain: float = 0.7
+    max_tree_depth: int = 10
+    divergence_threshold: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("whitened", "paper"):
+            raise ValueError(f"SamplerConfig.kind must be 'whitened' or 'paper', not {self.kind!r}.")
+        if not 0 <= self.burn_in < self.num_draws:
+            raise ValueError(
+                f"SamplerConfig needs 0 <= burn_in < num_draws to keep a draw; got burn_in={self.burn_in}, "
+                f"num_draws={self.num_draws}."
+            )
+        if self.initial_step_size is not None and not self.initial_step_size > 0:
+            raise ValueError(f"SamplerConfig.initial_step_size must be positive, not {self.initial_step_size}.")
+        if not 0 < self.target_acceptance < 1:
+            raise ValueError(f"SamplerConfig.target_acceptance must lie in (0, 1), not {self.target_acceptance}.")
+        if not self.step_size_gain > 0:
+            raise ValueError(f"SamplerConfig.step_size_gain must be positive, not {self.step_size_gain}.")
+        if self.max_tree_depth < 1:
+            raise ValueError(f"SamplerConfig.max_tree_depth must be at least 1, not {self.max_tree_depth}.")
+
+
+class SamplerState(NamedTuple):
+    """What one epoch hands to the next.
+
+    ``position``: the last draw, tuple of (q_l, d_l) arrays in the ORIGINAL
+    coordinates (re-whitened by the next epoch's whitening); ``step_size``:
+    () float32, the step size of the next epoch (in whitened coordinates for
+    "whitened"), which is all the step-size rules carry between epochs.
+    """
+
+    position: Position
+    step_size: Array
+
+
+class EpochInfo(NamedTuple):
+    """Diagnostics of one epoch; arrays of length K hold one value per draw (burn-in included).
+
+    ``step_size``: () the step size used for every draw of the epoch;
+    ``acceptance_rate``: (K,) mean Metropolis acceptance probability over
+    each NUTS trajectory; ``num_leapfrog_steps``: (K,) leapfrog steps (one
+    gradient each) spent on the draw; ``tree_depth``: (K,) trajectory
+    doublings; ``is_divergent``: (K,) whether the trajectory diverged;
+    ``logdensity``: (K,) ``logdensity_fn`` at each draw (original
+    coordinates).
+    """
+
+    step_size: Array
+    acceptance_rate: Array
+    num_leapfrog_steps: Array
+    tree_depth: Array
+    is_divergent: Array
+    logdensity: Array
+
+    @property
+    def mean_acceptance(self) -> Array:
+        """() mean acceptance over the epoch's K draws."""
+        return jnp.mean(self.acceptance_rate)
+
+    @property
+    def mean_leapfrog_steps(self) -> Array:
+        """() mean leapfrog steps per draw."""
+        return jnp.mean(self.num_leapfrog_steps)
+
+    @property
+    def max_leapfrog_steps(self) -> Array:
+        """() most leapfrog steps of one draw."""
+        return jnp.max(self.num_leapfrog_steps)
+
+    @property
+    def num_divergences(self) -> Array:
+        """() number of divergent draws."""
+        return jnp.sum(self.is_divergent)
+
+
+def default_initial_step_size(kind: SamplerKind, dimension: int) -> float:
+    """The kind's starting step size for ``dimension`` random effects.
+
+    "paper": 0.1. "whitened": ``min(1, 2 * dimension**-0.25)``, about the
+    step that gives NUTS an acceptance of 0.8 on N(0, I_D) (the usable step
+    shrinks like D^{-1/4}); starting near it avoids a stuck first epoch (0.2
+    on the benchmark, where the rule settles near 0.15; 0.89 on a 25-effect
+    gaussian model, where it settles near 0.8).
+    """
+    if kind == "paper":
+        return PAPER_INITIAL_STEP_SIZE
+    return min(1.0, 2.0 * dimension**-0.25)
+
+
+def init(position: Position, config: SamplerConfig) -> SamplerState:
+    """First state: ``position`` tuple of (q_l, d_l) arrays (e.g. zeros), cast to float32."""
+    position = tuple(jnp.asarray(B, dtype=jnp.float32) for B in position)
+    dimension = sum(B.size for B in position)
+    step_size = config.initial_step_size or default_initial_step_size(config.kind, dimension)
+    return SamplerState(position=position, step_size=jnp.asarray(step_size, dtype=jnp.float32))
+
+
+def _next_step_size(config: SamplerConfig, step_size: Array, mean_acceptance: Array) -> Array:
+    """Step size of the next epoch (see the module docstring)."""
+    mean_acceptance = jnp.nan_to_num(mean_acceptance, nan=0.0)
+    if config.kind == "paper":
+        return jnp.where(mean_acceptance < PAPER_MIN_ACCEPTANCE, 0.5 * step_size, step_size)
+    return step_size * jnp.exp(config.step_size_gain * (mean_acceptance - config.target_acceptance))
+
+
+def _identity(position: Position) -> Position:
+    return position
+
+
+def _check_whitening(config: SamplerConfig, whitening: BlockWhitening | None) -> None:
+    if config.kind == "whitened" and whitening is None:
+        raise ValueError(
+            "The 'whitened' sampler needs a BlockWhitening (see precondition.build_whitening); "
+            "use SamplerConfig(kind='paper') to sample in the original coordinates."
+        )
+    if config.kind == "paper" and whitening is not None:
+        raise ValueError("The 'paper' sampler runs in the original coordinates: pass whitening=None.")
+
+
+@partial(jax.jit, static_argnames=("logdensity_fn", "config"))
+def sample_epoch(
+    rng_key: Array,
+    state: SamplerState,
+    logdensity_fn: Callable[..., Array],
+    config: SamplerConfig,
+    whitening: BlockWhitening | None = None,
+    logdensity_args: tuple[Any, ...] = (),
+) -> tuple[SamplerState, Position, EpochInfo]:
+    """One E-step: K NUTS draws warm-started from ``state``, the first R dropped.
+
+    ``logdensity_fn(position, *logdensity_args) -> ()``: log density of B up
+    to a constant; put everything that changes between epochs (F, Sigma, ...)
+    in ``logdensity_args`` (a tuple of arrays or pytrees) and pass the same
+    function object every epoch, or each epoch compiles anew. ``whitening``:
+    required for "whitened", None for "paper".
+
+    Returns the new state, the kept draws as a tuple of (K - R, q_l, d_l)
+    arrays in the original coordinates, and the epoch's :class:`EpochInfo`.
+    """
+    _check_whitening(config, whitening)
+    if whitening is None:
+        sampler_logdensity = logdensity_fn
+        to_sampler = from_sampler = _identity
+    else:
+        sampler_logdensity = whitened_logdensity(logdensity_fn, whitening)
+        to_sampler, from_sampler = whitening.whiten, whitening.unwhiten
+
+    def target(x: Position) -> Array:
+        return sampler_logdensity(x, *logdensity_args)
+
+    x0 = to_sampler(state.position)
+    identity_inverse_mass = jnp.ones(sum(x.size for x in x0), dtype=jnp.float32)
+    kernel = blackjax.nuts.build_kernel(divergence_threshold=config.divergence_threshold)
+
+    def one_draw(hmc_state: Any, key: Array) -> tuple[Any, tuple[Any, ...]]:
+        hmc_state, info = kernel(
+            key,
+            hmc_state,
+            target,
+            state.step_size,
+            identity_inverse_mass,
+            max_num_doublings=config.max_tree_depth,
+        )
+        trace = (
+            hmc_state.position,
+            hmc_state.logdensity,
+            info.acceptance_rate,
+            info.num_integration_steps,
+            info.num_trajectory_expansions,
+            info.is_divergent,
+        )
+        return hmc_state, trace
+
+    keys = jax.random.split(rng_key, config.num_draws)
+    final, (xs, logdensity, acceptance, steps, depth, divergent) = jax.lax.scan(
+        one_draw, blackjax.nuts.init(x0, target), keys
+    )
+    draws = jax.vmap(from_sampler)(tuple(x[config.burn_in :] for x in xs))
+    info = EpochInfo(
+        step_size=state.step_size,
+        acceptance_rate=acceptance,
+        num_leapfrog_steps=steps,
+        tree_depth=depth,
+        is_divergent=divergent,
+        logdensity=logdensity,
+    )
+    new_state = SamplerState(
+        position=from_sampler(final.position),
+        step_size=_next_step_size(config, state.step_size, info.mean_acceptance),
+    )
+    return new_state, draws, info

@@ -1,0 +1,29 @@
+"""Poisson family, log link (use ``offset(log(exposure))`` for rates)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+import torch
+
+from gmenn_formula.families.base import Family
+
+
+class Poisson(Family):
+    name = "poisson"
+    link = "log"
+
+    def pymc_observed(self, name, eta, y, trials, dispersion):
+        return pm.Poisson(name, mu=pt.exp(eta[:, 0]), observed=y)
+
+    def torch_nll(self, eta, y, trials, dispersion):
+        log_mu = eta[:, 0]
+        return torch.exp(log_mu) - y * log_mu + torch.lgamma(y + 1)
+
+    def jax_fisher(self, eta, trials, dispersion):
+        return jnp.exp(eta[:, 0])[:, None, None]
+
+    def mean(self, eta, trials=None):
+        return np.exp(np.asarray(eta)[:, 0])

@@ -1,0 +1,86 @@
+"""Settings of a fit (the ``**control`` of ``gmenn()``), checked once."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+
+from gmenn_formula.errors import ControlError
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How the Monte Carlo EM runs.
+
+    Networks (``nn()`` present): at most ``epochs`` EM epochs of Adam
+    (``learning_rate``) over minibatches of ``batch_size`` rows, early stopping
+    on a ``validation_fraction`` split with ``patience``, best weights restored;
+    then ``final_epochs`` E-steps on all rows with the network frozen, the last
+    ``average_epochs`` of them averaged into the reported variances.
+
+    Plain GLMM (no ``nn()``): all rows, exact M-step for the linear fixed
+    effects, EM until the parameters move less than ``tolerance`` (relative,
+    between means over windows of ``window`` epochs) or ``epochs`` is reached,
+    then ``average_epochs`` more epochs averaged.
+
+    E-step: ``draws`` (K) draws per epoch of which ``burn_in`` (R) are
+    dropped, with ``sampler`` "whitened" (default) or "paper".
+    ``penalty``: the paper's lambda (Eq. 6); None means 1 with networks and 0
+    without (0 keeps the fixed point at the maximum likelihood estimate).
+    """
+
+    epochs: int | None = None
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    draws: int = 4
+    burn_in: int = 1
+    sampler: str = "whitened"
+    penalty: float | None = None
+    patience: int = 10
+    validation_fraction: float = 0.1
+    tolerance: float = 2e-3
+    window: int = 10
+    average_epochs: int = 40
+    final_epochs: int = 60
+    seed: int = 0
+    device: str = "auto"
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "draws": self.draws >= 1,
+            "burn_in": 0 <= self.burn_in < self.draws,
+            "sampler": self.sampler in ("whitened", "paper"),
+            "patience": self.patience >= 1,
+            "validation_fraction": 0 < self.validation_fraction < 0.5,
+            "tolerance": self.tolerance > 0,
+            "window": self.window >= 2,
+            "average_epochs": self.average_epochs >= 1,
+            "final_epochs": self.final_epochs >= self.average_epochs,
+            "epochs": self.epochs is None or self.epochs >= 1,
+            "penalty": self.penalty is None or self.penalty >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            name = bad[0]
+            raise ControlError(f"Invalid fit setting {name}={getattr(self, name)!r}; see help(gmenn_formula.FitConfig) for allowed values.")
+
+    @classmethod
+    def from_control(cls, **control) -> FitConfig:
+        """Build from keyword arguments, with a clear error for an unknown name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(control) - known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ControlError(f"Unknown fit setting {unknown[0]!r}.{hint} Settings: {', '.join(sorted(known))}.")
+        return cls(**control)
+
+    def max_epochs(self, has_networks: bool) -> int:
+        """``epochs`` or its default: 100 with networks, 2000 for a plain GLMM."""
+        return self.epochs if self.epochs is not None else (100 if has_networks else 2000)
+
+    def penalty_for(self, has_networks: bool) -> float:
+        return self.penalty if self.penalty is not None else (1.0 if has_networks else 0.0)

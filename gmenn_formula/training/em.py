@@ -1,0 +1,415 @@
+"""The Monte Carlo EM loop (paper section 2.2, design.md section 1).
+
+Each epoch: F = f(X) once on the fitting rows (no gradient); the E-step draws
+the random effects given F and the current covariances; the M-step updates the
+fixed part against the draws and sets every covariance to the draws' second
+moments (and the gaussian residual variance to their mean squared residual).
+
+Variance components are not the last epoch's noisy value: once EM has
+settled, the per-epoch estimates of ``average_epochs`` epochs are averaged
+(Polyak averaging of the MCEM sequence) and their Monte Carlo standard error
+is reported from batch means. With networks, early stopping chooses the
+network on a validation split; the variance components and the random-effect
+means are then re-estimated on all rows with the network frozen.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gmenn_formula.design import Design
+from gmenn_formula.estep.driver import EStep
+from gmenn_formula.estep.model import TermArrays
+from gmenn_formula.estep.sampler import SamplerConfig
+from gmenn_formula.families import Family, get_family
+from gmenn_formula.mstep.networks import FixedPart, NetworkSpec, build_network
+from gmenn_formula.mstep.step import (
+    Rows,
+    expected_nll,
+    gaussian_second_moments,
+    newton_fixed_effects,
+    random_part,
+    residual_variance,
+    train_epoch,
+    variance_statistics,
+)
+from gmenn_formula.training.averaging import Averager
+from gmenn_formula.training.config import FitConfig
+
+
+@dataclass
+class FitState:
+    """What the engine hands to the results stage.
+
+    Per random-effect term l: ``covariances[l]`` (c, p, p) and their Monte Carlo
+    standard errors ``covariance_se[l]``; ``effect_mean[l]``/``effect_sd[l]``
+    (q, p, c) posterior means/sds of the effects; ``draws[l]`` (s, q, p, c) kept
+    draws of the final phase. ``fixed_names``: columns of ``model.beta`` (k, c).
+    """
+
+    family: Family
+    num_outputs: int
+    model: FixedPart
+    fixed_names: tuple[str, ...]
+    covariances: list[np.ndarray]
+    covariance_se: list[np.ndarray]
+    dispersion: float | None
+    dispersion_se: float | None
+    effect_mean: list[np.ndarray]
+    effect_sd: list[np.ndarray]
+    draws: list[np.ndarray]
+    history: list[dict]
+    converged: bool
+    messages: list[str] = field(default_factory=list)
+    epochs: int = 0
+    best_epoch: int | None = None
+    best_validation_loss: float | None = None
+    seconds: float = 0.0
+    config: FitConfig = field(default_factory=FitConfig)
+
+
+MAX_STORED_DRAW_BYTES = 200 * 2**20
+"""Cap on the memory of stored final-phase draws (for ranef sds and InferenceData)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto": CUDA when torch sees a GPU, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _rows(design: Design, index: np.ndarray, drop_intercept: bool, device: torch.device) -> Rows:
+    def tensor(array: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(array[index]), dtype=dtype, device=device)
+
+    X_fixed = design.X_fixed[:, 1:] if drop_intercept else design.X_fixed
+    response = design.response
+    trials = response.trials if response.trials is not None else np.ones(len(response.y))
+    y_dtype = torch.long if design.spec.family == "categorical" else torch.float32
+    return Rows(
+        X_networks=tuple(tensor(X) for X in design.X_networks),
+        X_fixed=tensor(X_fixed),
+        offset=tensor(design.offset),
+        y=tensor(response.y, y_dtype),
+        trials=tensor(trials),
+        codes=tuple(tensor(r.codes, torch.long) for r in design.random),
+        Z=tuple(tensor(r.Z) for r in design.random),
+    )
+
+
+def _terms(design: Design, index: np.ndarray) -> tuple[TermArrays, ...]:
+    return tuple(
+        TermArrays(codes=r.codes[index].astype(np.int32), Z=r.Z[index].astype(np.float32), num_levels=r.num_levels)
+        for r in design.random
+    )
+
+
+def _estep(design: Design, index: np.ndarray, family: Family, c: int, config: FitConfig, seed: int) -> EStep:
+    response = design.response
+    y = response.y[index]
+    y = y.astype(np.int32) if family.name == "categorical" else y.astype(np.float32)
+    trials = (response.trials[index] if response.trials is not None else np.ones(len(index))).astype(np.float32)
+    sampler = SamplerConfig(kind=config.sampler, num_draws=config.draws, burn_in=config.burn_in)
+    return EStep(family, _terms(design, index), y, trials, c, sampler, seed)
+
+
+def _predict_fixed(model: FixedPart, rows: Rows) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(list(rows.X_networks), rows.X_fixed, rows.offset)
+
+
+def _initial_covariances(design: Design, c: int, scale: float) -> list[np.ndarray]:
+    """Per term (c, p, p): diagonal, ``scale / (L + 1)`` for an intercept, divided by mean Z^2 for slopes."""
+    result = []
+    share = scale / (len(design.random) + 1)
+    for r in design.random:
+        second_moment = np.maximum((r.Z**2).mean(axis=0), 1e-8)
+        result.append(np.tile(np.diag(share / second_moment), (c, 1, 1)))
+    return result
+
+
+def _m_step_covariances(statistics: list[torch.Tensor], design: Design) -> list[np.ndarray]:
+    """Second moments (c, p, p) per term as covariances; diagonal for ``||`` terms."""
+    result = []
+    for statistic, r in zip(statistics, design.random):
+        S = statistic.cpu().numpy().astype(np.float64)
+        if not r.term.correlated:
+            S = np.stack([np.diag(np.diag(s)) for s in S])
+        result.append(S)
+    return result
+
+
+def _sampler_record(draws) -> dict:
+    info = draws.info
+    return {
+        "acceptance": float(np.mean(info.acceptance_rate)),
+        "step_size": float(info.step_size),
+        "leapfrog_steps": float(np.mean(info.num_leapfrog_steps)),
+        "divergences": int(np.sum(info.is_divergent)),
+    }
+
+
+class _EffectMoments:
+    """Running mean and sd of the draws (q, p, c) per term, and a capped store of draws."""
+
+    def __init__(self, shapes: list[tuple[int, ...]], max_draws: int) -> None:
+        self.count = 0
+        self.sum = [np.zeros(s) for s in shapes]
+        self.sum_sq = [np.zeros(s) for s in shapes]
+        self.stored: list[list[np.ndarray]] = [[] for _ in shapes]
+        self.max_draws = max_draws
+
+    def add(self, effects: tuple[np.ndarray, ...]) -> None:
+        for index, B in enumerate(effects):
+            self.sum[index] += B.sum(0)
+            self.sum_sq[index] += (B.astype(np.float64) ** 2).sum(0)
+            room = self.max_draws - len(self.stored[index])
+            self.stored[index].extend(list(B[:room]))
+        self.count += effects[0].shape[0] if effects else 0
+
+    def mean(self) -> list[np.ndarray]:
+        return [s / max(self.count, 1) for s in self.sum]
+
+    def sd(self) -> list[np.ndarray]:
+        return [np.sqrt(np.maximum(q / max(self.count, 1) - m**2, 0.0)) for q, m in zip(self.sum_sq, self.mean())]
+
+    def draws(self, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+        return [np.stack(d) if d else np.zeros((0, *s)) for d, s in zip(self.stored, shapes)]
+
+
+def fit_design(
+    design: Design,
+    config: FitConfig,
+    nets: dict | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> FitState:
+    """Fit the model of ``design`` (response required) by Monte Carlo EM."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = resolve_device(config.device)
+    family = get_family(design.spec.family)
+    classes = design.spec.response.classes
+    c = family.num_outputs(len(classes) if classes else None)
+    has_networks = bool(design.X_networks)
+    # With networks their output bias is the intercept: the linear part drops its own.
+    drop_intercept = has_networks and design.fixed_names[:1] == ("(Intercept)",)
+    keep_fixed = design.fixed_names[1:] if drop_intercept else design.fixed_names
+    networks = [
+        build_network(NetworkSpec(t.hidden, t.dropout, t.activation, t.net), X.shape[1], c, nets)
+        for t, X in zip(design.spec.formula.networks, design.X_networks)
+    ]
+    model = FixedPart(networks, len(keep_fixed), c).to(device)
+    runner = _NetworkFit if has_networks else _GlmmFit
+    fit = runner(design, config, family, c, model, device, rng, generator, drop_intercept, keep_fixed, progress)
+    state = fit.run(np.arange(design.num_rows))
+    state.seconds = time.perf_counter() - started
+    return state
+
+
+class _Fit:
+    """Shared machinery of the two EM schedules."""
+
+    def __init__(self, design, config, family, c, model, device, rng, generator, drop_intercept, fixed_names, progress):
+        self.design, self.config, self.family, self.c = design, config, family, c
+        self.model, self.device, self.rng, self.generator = model, device, rng, generator
+        self.drop_intercept, self.fixed_names, self.progress = drop_intercept, fixed_names, progress
+        self.history: list[dict] = []
+        self.messages: list[str] = []
+        self.shapes = [(r.num_levels, len(r.term_names), c) for r in design.random]
+
+    def rows(self, index: np.ndarray) -> Rows:
+        return _rows(self.design, index, self.drop_intercept, self.device)
+
+    def estep(self, index: np.ndarray, seed_offset: int) -> EStep:
+        return _estep(self.design, index, self.family, self.c, self.config, self.config.seed + seed_offset)
+
+    def torch_effects(self, effects: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(B, device=self.device) for B in effects)
+
+    def variance_step(self, estep: EStep, rows: Rows, covariances, dispersion):
+        """E-step draws and the covariance/dispersion M-step given the current fixed part."""
+        F = _predict_fixed(self.model, rows)
+        t0 = time.perf_counter()
+        draws = estep.draw(F.cpu().numpy(), covariances, dispersion if dispersion is not None else 1.0)
+        seconds = time.perf_counter() - t0
+        effects = self.torch_effects(draws.effects)
+        if self.family.has_dispersion:
+            current = [torch.as_tensor(S, device=self.device) for S in covariances]
+            statistics = gaussian_second_moments(effects, rows, F, current, dispersion)
+        else:
+            statistics = [variance_statistics(B) for B in effects]
+        new_covariances = _m_step_covariances(statistics, self.design)
+        new_dispersion = residual_variance(F, random_part(effects, rows), rows) if self.family.has_dispersion else None
+        return draws, effects, new_covariances, new_dispersion, seconds
+
+    def record(self, epoch: int, phase: str, covariances, dispersion, draws, estep_seconds, mstep_seconds, **extra) -> None:
+        entry = {
+            "epoch": epoch,
+            "phase": phase,
+            **extra,
+            "dispersion": dispersion,
+            "covariances": [S.copy() for S in covariances],
+            **_sampler_record(draws),
+            "estep_seconds": estep_seconds,
+            "mstep_seconds": mstep_seconds,
+        }
+        self.history.append(entry)
+        if self.progress is not None:
+            self.progress(entry)
+
+    def initial_dispersion_and_scale(self, rows: Rows) -> tuple[float | None, float]:
+        F = _predict_fixed(self.model, rows)
+        if self.family.has_dispersion:
+            residual = float(((rows.y - F[:, 0]) ** 2).mean())
+            return residual / 2, residual
+        return None, 1.0
+
+    def finish(self, averager: Averager, moments: _EffectMoments, converged: bool, epochs: int, **extra) -> FitState:
+        covariances, covariance_se, dispersion, dispersion_se = averager.result()
+        self.model.eval()
+        return FitState(
+            family=self.family,
+            num_outputs=self.c,
+            model=self.model.cpu(),
+            fixed_names=self.fixed_names,
+            covariances=covariances,
+            covariance_se=covariance_se,
+            dispersion=dispersion,
+            dispersion_se=dispersion_se,
+            effect_mean=moments.mean(),
+            effect_sd=moments.sd(),
+            draws=moments.draws(self.shapes),
+            history=self.history,
+            converged=converged,
+            messages=self.messages,
+            epochs=epochs,
+            config=self.config,
+            **extra,
+        )
+
+    def max_draws(self) -> int:
+        size = sum(int(np.prod(s)) for s in self.shapes) * 4
+        return max(1, min(200, MAX_STORED_DRAW_BYTES // max(size, 1)))
+
+
+class _GlmmFit(_Fit):
+    """No networks: all rows, exact M-step for beta, EM to convergence, then averaging."""
+
+    def run(self, index: np.ndarray) -> FitState:
+        config = self.config
+        rows = self.rows(index)
+        no_effects = tuple(torch.zeros((1, *s), device=self.device) for s in self.shapes)
+        newton_fixed_effects(self.model, self.family, rows, no_effects, 1.0, steps=25)
+        dispersion, scale = self.initial_dispersion_and_scale(rows)
+        covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
+        estep = self.estep(index, 0)
+        averager = Averager(config.window, config.tolerance)
+        moments = _EffectMoments(self.shapes, self.max_draws())
+        max_epochs = config.max_epochs(False)
+        converged = False
+        epoch = 0
+        for epoch in range(1, max_epochs + config.average_epochs + 1):
+            draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
+            t0 = time.perf_counter()
+            loss = newton_fixed_effects(self.model, self.family, rows, effects, dispersion or 1.0) / len(rows)
+            dispersion = new_dispersion
+            beta = self.model.beta.detach().cpu().numpy().copy()
+            averager.add(covariances, dispersion, beta)
+            phase = "average" if averager.averaging else "em"
+            if averager.averaging:
+                moments.add(draws.effects)
+                covariances, dispersion, beta = averager.current()
+                with torch.no_grad():
+                    self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
+            self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, time.perf_counter() - t0, loss=loss)
+            if averager.averaging and averager.averaged_epochs >= config.average_epochs:
+                converged = True
+                break
+            if not averager.averaging and (averager.settled() or epoch >= max_epochs):
+                if epoch >= max_epochs:
+                    self.messages.append(
+                        f"EM did not settle within {max_epochs} epochs (relative change above {config.tolerance}); "
+                        "estimates are averages of the last epochs. Increase epochs= or check the model."
+                    )
+                averager.start_averaging()
+        return self.finish(averager, moments, converged and not self.messages, epoch)
+
+
+class _NetworkFit(_Fit):
+    """Networks: early stopping on a validation split, then variances on all rows, network frozen."""
+
+    def run(self, index: np.ndarray) -> FitState:
+        config = self.config
+        order = self.rng.permutation(index)
+        num_validation = max(1, int(round(config.validation_fraction * len(order))))
+        validation, training = np.sort(order[:num_validation]), np.sort(order[num_validation:])
+        train_rows, val_rows = self.rows(training), self.rows(validation)
+        dispersion, scale = self.initial_dispersion_and_scale(train_rows)
+        covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
+        estep = self.estep(training, 0)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        penalty = config.penalty_for(True)
+        best = (np.inf, None, 0)
+        waited = 0
+        epoch = 0
+        for epoch in range(1, config.max_epochs(True) + 1):
+            draws, effects, new_covariances, new_dispersion, estep_seconds = self.variance_step(estep, train_rows, covariances, dispersion)
+            t0 = time.perf_counter()
+            loss = train_epoch(
+                self.model, optimizer, self.family, train_rows, effects, dispersion or 1.0, penalty, config.batch_size, self.generator
+            )
+            mstep_seconds = time.perf_counter() - t0
+            covariances, dispersion = new_covariances, new_dispersion
+            center = tuple(B.mean(0, keepdim=True) for B in effects)
+            val_loss = self.validation_loss(val_rows, center, dispersion)
+            self.record(epoch, "train", covariances, dispersion, draws, estep_seconds, mstep_seconds, loss=loss, validation_loss=val_loss)
+            if val_loss < best[0]:
+                best = (val_loss, copy.deepcopy(self.model.state_dict()), epoch, [S.copy() for S in covariances], dispersion)
+                waited = 0
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    break
+        converged = waited >= config.patience
+        if not converged:
+            self.messages.append(
+                f"Early stopping did not trigger within {epoch} epochs (patience {config.patience}); "
+                "the best epoch's network is used. Increase epochs= for a longer fit."
+            )
+        best_loss, state, best_epoch, covariances, dispersion = best
+        self.model.load_state_dict(state)
+        return self.final_phase(index, covariances, dispersion, converged, epoch, best_epoch, best_loss)
+
+    def validation_loss(self, rows: Rows, center: tuple[torch.Tensor, ...], dispersion: float | None) -> float:
+        F = _predict_fixed(self.model, rows)
+        return float(expected_nll(self.family, F, random_part(center, rows), rows, dispersion or 1.0)) / len(rows)
+
+    def final_phase(self, index, covariances, dispersion, converged, epochs, best_epoch, best_loss) -> FitState:
+        """Variance components and effects on all rows with the network frozen."""
+        config = self.config
+        rows = self.rows(index)
+        estep = self.estep(index, 1)
+        averager = Averager(config.window, config.tolerance)
+        moments = _EffectMoments(self.shapes, self.max_draws())
+        for step in range(1, config.final_epochs + 1):
+            draws, _, covariances, dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
+            if step == config.final_epochs - config.average_epochs + 1:
+                averager.start_averaging()
+            averager.add(covariances, dispersion, None)
+            if averager.averaging:
+                moments.add(draws.effects)
+                covariances, dispersion, _ = averager.current()
+            self.record(epochs + step, "final", covariances, dispersion, draws, estep_seconds, 0.0)
+        return self.finish(
+            averager, moments, converged, epochs + config.final_epochs, best_epoch=best_epoch, best_validation_loss=best_loss
+        )
