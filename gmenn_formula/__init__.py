@@ -10,5 +10,9 @@ from gmenn_formula.formula import parse
 # The function shadows the subpackage of the same name on purpose: gmenn_formula.design(formula, data).
 from gmenn_formula.design import Design, DesignSpec, design  # noqa: E402  isort: skip
 
-__all__ = ["Design", "DesignSpec", "GmennError", "design", "parse"]
+from gmenn_formula.api import gmenn  # noqa: E402  isort: skip
+from gmenn_formula.results.result import GmennResult  # noqa: E402  isort: skip
+from gmenn_formula.training.config import FitConfig  # noqa: E402  isort: skip
+
+__all__ = ["Design", "DesignSpec", "FitConfig", "GmennError", "GmennResult", "design", "gmenn", "parse"]
 __version__ = "0.1.0"

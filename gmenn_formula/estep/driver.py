@@ -93,7 +93,5 @@ class EStep:
             key, self.state, self.compiled.logdensity, self.config, whitening, (params, self.data)
         )
         self.center = tuple(d.mean(axis=0) for d in draws)
-        effects = tuple(
-            np.asarray(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(draws, self.shapes)
-        )
+        effects = tuple(np.array(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(draws, self.shapes))
         return EpochDraws(effects=effects, info=jax.device_get(info))

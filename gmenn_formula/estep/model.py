@@ -22,6 +22,7 @@ The sampler sees each term's effects as a (q_l, p_l * c) block, index
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -40,6 +41,8 @@ from gmenn_formula.families import Family
 # float64 (its default). The E-step runs in float32 (fast on CPU and GPU; blackjax NUTS
 # breaks with mixed precision), so turn it back off after that import.
 jax.config.update("jax_enable_x64", False)
+# PyTensor's graphs cast to float64/int64 in places; under float32 JAX truncates them, as intended.
+warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)", category=UserWarning)
 
 
 @dataclass(frozen=True)

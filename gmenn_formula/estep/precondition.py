@@ -61,9 +61,10 @@ def row_hessian(
     pytree of arrays with a leading n axis (e.g. the response), ``params`` a
     pytree shared by all rows (e.g. the residual variance). The negated
     Hessian is symmetrised and non-finite entries (overflow at extreme eta)
-    set to zero. If any row then fails a Cholesky test (PSD up to a relative
-    1e-6), every row's negative eigenvalues are set to zero; log-concave rows
-    (canonical links) skip the eigendecompositions, which cost ~10x the rest.
+    set to zero. If any row then fails a Cholesky test (PSD up to 1e-4 of its
+    mean eigenvalue, above float32 rounding), every row's negative eigenvalues
+    are set to zero; log-concave rows (canonical links) skip these
+    eigendecompositions, which cost ~10x the rest.
     """
     hessian = jax.vmap(jax.hessian(row_loglik), in_axes=(0, 0, None))(eta, row_data, params)
     negative = -0.5 * (hessian + jnp.swapaxes(hessian, -1, -2))
@@ -71,7 +72,7 @@ def row_hessian(
     num_classes = negative.shape[-1]
     scale = jnp.abs(jnp.trace(negative, axis1=-2, axis2=-1)) / num_classes + jnp.finfo(negative.dtype).tiny
     identity = jnp.eye(num_classes, dtype=negative.dtype)
-    is_psd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(negative + 1e-6 * scale[:, None, None] * identity)))
+    is_psd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(negative + 1e-4 * scale[:, None, None] * identity)))
     return jax.lax.cond(is_psd, lambda W: W, _clip_negative_eigenvalues, negative)
 
 

@@ -1,0 +1,43 @@
+"""The verbs a user calls: ``gmenn()`` fits a model and returns a :class:`GmennResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from gmenn_formula.design import design as build_design
+from gmenn_formula.errors import DataTypeError
+from gmenn_formula.formula import Formula
+from gmenn_formula.results.result import GmennResult
+from gmenn_formula.training.config import FitConfig
+from gmenn_formula.training.em import fit_design
+from gmenn_formula.training.progress import ProgressBar
+
+
+def gmenn(
+    formula: str | Formula,
+    data: pd.DataFrame,
+    family: str | None = None,
+    nets: Mapping | None = None,
+    na_action: str = "omit",
+    **control,
+) -> GmennResult:
+    """Fit a generalized mixed effects neural network by Monte Carlo EM.
+
+    ``formula``: lme4 syntax with ``nn(...)`` terms, e.g.
+    ``"y ~ nn(x1 + x2) + (1 | g)"``. ``family``: "gaussian" (default),
+    "binomial" (default for ``cbind()``), "poisson" or "categorical".
+    ``nets``: user torch modules (or factories ``(inputs, outputs) -> Module``)
+    by the name used in ``nn(..., net="name")``. ``control``: settings of
+    :class:`~gmenn_formula.training.config.FitConfig` (epochs, batch_size,
+    learning_rate, draws, burn_in, sampler, penalty, patience,
+    validation_fraction, seed, device, verbose, ...). ``data`` is not modified.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise DataTypeError(f"data must be a pandas DataFrame, not {type(data).__name__}; wrap it with pandas.DataFrame(...).")
+    config = FitConfig.from_control(**control)
+    fitted_design = build_design(formula, data, family=family, na_action=na_action)
+    with ProgressBar(config.max_epochs(bool(fitted_design.X_networks)), enabled=config.verbose > 0) as bar:
+        state = fit_design(fitted_design, config, nets=nets, progress=bar.update)
+    return GmennResult(fitted_design, state)

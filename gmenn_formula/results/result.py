@@ -1,0 +1,166 @@
+"""The fitted model: lme4's verbs on top of the engine's FitState."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gmenn_formula.design import Design
+from gmenn_formula.errors import DataError
+from gmenn_formula.results import tables
+from gmenn_formula.training.em import FitState
+
+PREDICT_CHUNK = 65_536
+"""Rows per forward pass of the networks at prediction time."""
+
+PREDICT_TYPES = ("response", "link", "class")
+
+
+class GmennResult:
+    """A fitted generalized mixed effects neural network.
+
+    Tables: :meth:`varcorr`, :meth:`fixef`, :meth:`ranef`, :meth:`coef`,
+    :meth:`ngrps`, :attr:`history`; prediction: :meth:`predict`,
+    :meth:`fitted`, :meth:`residuals`; printing: :meth:`summary`.
+    """
+
+    def __init__(self, design: Design, state: FitState) -> None:
+        self.design = design
+        self.state = state
+        self.spec = design.spec
+        self.formula = design.spec.formula
+        self.family = state.family
+
+    # -- tables -------------------------------------------------------------
+    @property
+    def nobs(self) -> int:
+        """Rows used in the fit (after dropping missing values)."""
+        return self.design.num_rows
+
+    def varcorr(self) -> pd.DataFrame:
+        return tables.varcorr(self.design, self.state)
+
+    def fixef(self) -> pd.DataFrame:
+        return tables.fixef(self.design, self.state)
+
+    def ranef(self, cond_var: bool = True) -> dict[str, pd.DataFrame]:
+        return tables.ranef(self.design, self.state, cond_var)
+
+    def ngrps(self) -> pd.Series:
+        return tables.ngrps(self.design)
+
+    @property
+    def history(self) -> pd.DataFrame:
+        return tables.history(self.state, self.design)
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Per grouping factor: random effect mean plus the matching linear fixed effect (0 if none)."""
+        fixed = self.fixef()
+        key = ["term", "class"] if "class" in fixed else ["term"]
+        result = {}
+        for name, frame in self.ranef(cond_var=False).items():
+            merged = frame.merge(fixed, on=key, how="left")
+            merged["estimate"] = merged["mean"] + merged["estimate"].fillna(0.0)
+            result[name] = merged.drop(columns="mean")
+        return result
+
+    # -- prediction ---------------------------------------------------------
+    def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool) -> Design:
+        if newdata is None:
+            return self.design
+        return self.spec.apply(newdata, allow_new_levels=allow_new_levels)
+
+    def _linear_predictor(self, design: Design, include_random: bool) -> np.ndarray:
+        """(n, c) eta on a design; levels unseen in training get 0."""
+        columns = [design.fixed_names.index(name) for name in self.state.fixed_names]
+        model = self.state.model.eval()
+        parts = []
+        with torch.no_grad():
+            for start in range(0, design.num_rows, PREDICT_CHUNK):
+                rows = slice(start, start + PREDICT_CHUNK)
+                X_networks = [torch.as_tensor(X[rows], dtype=torch.float32) for X in design.X_networks]
+                X_fixed = torch.as_tensor(design.X_fixed[rows][:, columns], dtype=torch.float32)
+                offset = torch.as_tensor(design.offset[rows], dtype=torch.float32)
+                parts.append(model(X_networks, X_fixed, offset).numpy().astype(np.float64))
+        eta = np.concatenate(parts) if parts else np.zeros((0, self.state.num_outputs))
+        if include_random:
+            for r, mean in zip(design.random, self.state.effect_mean):
+                padded = np.concatenate([mean, np.zeros((1, *mean.shape[1:]))])  # code -1 -> zero row
+                eta += np.einsum("np,npc->nc", r.Z, padded[r.codes])
+        return eta
+
+    def predict(
+        self,
+        newdata: pd.DataFrame | None = None,
+        type: str = "response",
+        re_form: str | None = None,
+        allow_new_levels: bool = True,
+    ) -> np.ndarray | pd.DataFrame:
+        """Predictions for ``newdata`` (None: the fitting rows).
+
+        ``type``: "link" (eta), "response" (mean, or class probabilities as a
+        DataFrame for categorical), "class" (most probable class label; categorical
+        and binomial). ``re_form``: None includes the random effects, "~0" or
+        "NA" the population level only. Unseen levels get effect 0 (lme4's
+        ``allow.new.levels``); with ``allow_new_levels=False`` they raise NewLevelError.
+        """
+        if type not in PREDICT_TYPES:
+            raise DataError(f"type must be one of {PREDICT_TYPES}, not {type!r}.")
+        if re_form not in (None, "~0", "~ 0", "NA"):
+            raise DataError(f"re_form must be None (all random effects) or '~0' (none), not {re_form!r}.")
+        design = self._design_for(newdata, allow_new_levels)
+        eta = self._linear_predictor(design, include_random=re_form is None)
+        index = design.rows
+        if type == "link":
+            return pd.DataFrame(eta, index=index, columns=self._output_names()) if eta.shape[1] > 1 else eta[:, 0]
+        mean = self.family.mean(eta)
+        if type == "class":
+            if self.family.name == "categorical":
+                return np.asarray(self.spec.response.classes, dtype=object)[mean.argmax(axis=1)]
+            if self.family.name == "binomial":
+                return (mean > 0.5).astype(int)
+            raise DataError(f"type='class' needs a categorical or binomial family, not {self.family.name}.")
+        if self.family.name == "categorical":
+            return pd.DataFrame(mean, index=index, columns=self._output_names())
+        return mean
+
+    def _output_names(self) -> list:
+        return list(self.spec.response.classes) if self.family.name == "categorical" else ["eta"]
+
+    def fitted(self) -> np.ndarray | pd.DataFrame:
+        """Fitted means on the fitting rows (random effects included)."""
+        return self.predict()
+
+    def residuals(self, type: str = "pearson") -> np.ndarray:
+        """Residuals of the fitting rows: "response" (y - mean) or "pearson" (scaled by the family's sd).
+
+        Binomial residuals are on the proportion scale; categorical fits have none.
+        """
+        if self.family.name == "categorical":
+            raise DataError("Residuals are not defined for the categorical family; use predict(type='response').")
+        response = self.design.response
+        mean = self.fitted()
+        trials = response.trials if response.trials is not None else np.ones_like(mean)
+        observed = response.y / trials if self.family.name == "binomial" else response.y
+        raw = observed - mean
+        if type == "response":
+            return raw
+        if type != "pearson":
+            raise DataError(f"type must be 'pearson' or 'response', not {type!r}.")
+        variance = {
+            "gaussian": lambda: np.full_like(mean, self.state.dispersion),
+            "binomial": lambda: mean * (1 - mean) / trials,
+            "poisson": lambda: mean,
+        }[self.family.name]()
+        return raw / np.sqrt(np.maximum(variance, 1e-12))
+
+    # -- printing -----------------------------------------------------------
+    def summary(self):
+        """An lme4-style summary; ``print()`` it, or let a notebook render it."""
+        from gmenn_formula.results.summary import Summary
+
+        return Summary(self)
+
+    def __repr__(self) -> str:
+        return str(self.summary())

@@ -1,0 +1,180 @@
+"""``summary()``: the tidy tables printed in lme4's order and layout.
+
+Sections: method and family(link), formula, data; scaled residuals; random
+effects (Groups, Name, Variance, Std.Dev., Corr; one block per class for
+categorical); number of obs and levels; fixed effects; the network; E-step
+diagnostics; convergence. Text for the console, HTML for notebooks.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from gmenn_formula.training.em import FitState
+
+SAMPLER_NAMES = {"whitened": "NUTS on per-level whitened effects", "paper": "NUTS, identity mass (paper)"}
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.{digits}g}"
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        [float(v) for v in values if v.strip()]
+    except ValueError:
+        return False
+    return True
+
+
+def _table(frame: pd.DataFrame, indent: str = " ") -> str:
+    """Left-aligned text columns, right-aligned numbers, as R prints."""
+    body = frame.astype(str).values.tolist()
+    cells = [[str(c) for c in frame.columns]] + body
+    widths = [max(len(row[i]) for row in cells) for i in range(len(frame.columns))]
+    right = [_numeric([row[i] for row in body]) for i in range(len(frame.columns))]
+    lines = []
+    for row in cells:
+        parts = []
+        for i, value in enumerate(row):
+            numeric = right[i]
+            parts.append(str(value).rjust(widths[i]) if numeric else str(value).ljust(widths[i]))
+        lines.append(indent + " ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+class Summary:
+    """Printed summary of a :class:`~gmenn_formula.results.result.GmennResult`."""
+
+    def __init__(self, result) -> None:
+        self.result = result
+        self.state: FitState = result.state
+
+    # -- sections as DataFrames -------------------------------------------------
+    def random_effects(self) -> dict[str | None, pd.DataFrame]:
+        """lme4's Random effects block per class (key None for one-output families)."""
+        table = self.result.varcorr()
+        blocks: dict[str | None, pd.DataFrame] = {}
+        keys = [None] if "class" not in table else [c for c in table["class"].dropna().unique()]
+        for key in keys:
+            part = table if key is None else table[(table["class"] == key) | (table["group"] == "Residual")]
+            rows = []
+            last_group = None
+            variances = part[part["term2"].isna()]
+            for _, row in variances.iterrows():
+                corr = part[(part["group"] == row["group"]) & (part["term2"] == row["term"])]
+                rows.append(
+                    {
+                        "Groups": row["group"] if row["group"] != last_group else "",
+                        "Name": row["term"],
+                        "Variance": _fmt(row["variance"]),
+                        "Std.Dev.": _fmt(row["std"]),
+                        "Corr": " ".join(f"{c:.2f}" for c in corr["corr"]),
+                    }
+                )
+                last_group = row["group"]
+            blocks[key] = pd.DataFrame(rows)
+        return blocks
+
+    def fixed_effects(self) -> pd.DataFrame:
+        """Estimates: one column per class for categorical."""
+        table = self.result.fixef()
+        if table.empty:
+            return table
+        if "class" in table:
+            wide = table.pivot(index="term", columns="class", values="estimate")
+            wide = wide.loc[list(dict.fromkeys(table["term"])), list(dict.fromkeys(table["class"]))]
+            return wide.map(_fmt).reset_index().rename(columns={"term": ""})
+        return pd.DataFrame({"": table["term"], "Estimate": table["estimate"].map(_fmt)})
+
+    def scaled_residuals(self) -> pd.DataFrame | None:
+        if self.result.family.name == "categorical":
+            return None
+        residuals = self.result.residuals("pearson")
+        quantiles = np.quantile(residuals, [0, 0.25, 0.5, 0.75, 1.0])
+        return pd.DataFrame([[f"{q:.4f}" for q in quantiles]], columns=["Min", "1Q", "Median", "3Q", "Max"])
+
+    # -- text ---------------------------------------------------------------------
+    def header(self) -> list[str]:
+        state, result = self.state, self.result
+        config = state.config
+        kind = "Generalized mixed effects neural network" if result.design.X_networks else "Generalized linear mixed model"
+        family = result.family
+        return [
+            f"{kind} fit by Monte Carlo EM ({SAMPLER_NAMES[config.sampler]} E-step) ['gmenn']",
+            f" Family: {family.name}  ( {family.link} )",
+            f"Formula: {result.formula}",
+            f"   Data: {result.nobs} rows" + (f" ({result.design.num_dropped} dropped for missing values)" if result.design.num_dropped else ""),
+        ]
+
+    def network_lines(self) -> list[str]:
+        state = self.state
+        nets = state.model.networks
+        if not len(nets):
+            return []
+        lines = ["Network:"]
+        for index, (term, net) in enumerate(zip(self.result.formula.networks, nets), start=1):
+            params = sum(p.numel() for p in net.parameters())
+            inputs = len(self.result.spec.network_names[index - 1])
+            arch = term.net or "MLP " + "-".join(str(m.out_features) for m in net if hasattr(m, "out_features"))
+            lines.append(f" nn #{index}: {arch}, {inputs} inputs, {params:,} parameters")
+        lines.append(
+            f" epochs: {state.epochs}, best epoch: {state.best_epoch}, best validation loss: {_fmt(state.best_validation_loss, 6)}"
+        )
+        return lines
+
+    def estep_lines(self) -> list[str]:
+        config, history = self.state.config, self.state.history
+        acceptance = np.mean([h["acceptance"] for h in history])
+        steps = np.mean([h["leapfrog_steps"] for h in history])
+        divergences = int(np.sum([h["divergences"] for h in history]))
+        estep = sum(h["estep_seconds"] for h in history)
+        return [
+            f"E-step: {config.sampler} sampler, K = {config.draws} draws/epoch, R = {config.burn_in} burn-in;"
+            f" mean acceptance {acceptance:.2f}, mean leapfrog steps {steps:.1f}, divergences {divergences}",
+            f" time: {self.state.seconds:.1f} s in all, E-step {estep:.1f} s",
+        ]
+
+    def convergence_lines(self) -> list[str]:
+        if self.state.messages:
+            return ["Convergence warnings:", *(" " + m for m in self.state.messages)]
+        return [f"Converged: {self.state.epochs} epochs."]
+
+    def __str__(self) -> str:
+        result = self.result
+        lines = self.header() + [""]
+        residuals = self.scaled_residuals()
+        if residuals is not None:
+            lines += ["Scaled residuals:", _table(residuals), ""]
+        lines.append("Random effects:")
+        for key, block in self.random_effects().items():
+            if key is not None:
+                lines.append(f" class {key}:")
+            lines.append(_table(block))
+        groups = ", ".join(f"{name}, {count}" for name, count in result.ngrps().items())
+        lines += [f"Number of obs: {result.nobs}, groups:  {groups}", ""]
+        fixed = self.fixed_effects()
+        if not fixed.empty:
+            lines += ["Fixed effects:", _table(fixed, indent=""), ""]
+        network = self.network_lines()
+        if network:
+            lines += network + [""]
+        lines += self.estep_lines() + self.convergence_lines()
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        parts = [f"<pre>{html.escape(chr(10).join(self.header()))}</pre>", "<b>Random effects</b>"]
+        for key, block in self.random_effects().items():
+            if key is not None:
+                parts.append(f"<i>class {html.escape(str(key))}</i>")
+            parts.append(block.to_html(index=False))
+        fixed = self.fixed_effects()
+        if not fixed.empty:
+            parts += ["<b>Fixed effects</b>", fixed.to_html(index=False)]
+        parts.append(f"<pre>{html.escape(chr(10).join(self.network_lines() + self.estep_lines() + self.convergence_lines()))}</pre>")
+        return "\n".join(parts)
