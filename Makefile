@@ -25,6 +25,8 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/design_memory.py
+	$(PY) benchmarks/sampler_mixing.py
+	$(PY) benchmarks/epoch_cost.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

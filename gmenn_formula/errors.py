@@ -44,6 +44,10 @@ class NetworkError(GmennError, ValueError):
     """A user network for ``nn(..., net=...)`` is missing or does not fit its inputs/outputs."""
 
 
+class ModelSpecificationError(GmennError, ValueError):
+    """The formula cannot be fitted as written (e.g. it has no random-effect term)."""
+
+
 class ControlError(GmennError, ValueError):
     """A fit setting (``**control``) is unknown or out of range."""
 
@@ -89,3 +93,23 @@ class MissingValueWarning(UserWarning):
 
 class NewLevelWarning(UserWarning):
     """New data holds grouping levels unseen in training; they get no random effect."""
+
+
+class ModelFileError(GmennError, ValueError):
+    """A saved model file is missing, corrupt, or not a gmenn-formula model."""
+
+
+class ModelVersionError(ModelFileError):
+    """A saved model file has a format version this version of gmenn-formula cannot read."""
+
+
+class UnsupportedSaveError(GmennError, ValueError):
+    """A fitted model holds something the model file format cannot represent (e.g. a cr() spline)."""
+
+
+class MissingNetworkError(NetworkError):
+    """A saved model uses ``nn(..., net="name")`` and ``load()`` was not given that network."""
+
+
+class NoTrainingDataError(GmennError, ValueError):
+    """A verb needs the training rows, which a model loaded from a file does not keep."""

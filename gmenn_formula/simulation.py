@@ -48,6 +48,7 @@ def simulate(
     rows_per_level: float = 30.0,
     intercept: float = 0.0,
     noise_variance: float = 1.0,
+    nonlinear: bool = True,
     seed: int = 0,
 ) -> Simulated:
     """Simulate the paper's scenario (defaults: its base scenario at 20,000 rows).
@@ -56,6 +57,8 @@ def simulate(
     variances. ``family``: "categorical" (C classes), "binomial" (C forced to 1,
     logit link), "gaussian" (C = 1, residual variance ``noise_variance``) or
     "poisson" (C = 1, log link, f scaled by 0.5 to keep counts moderate).
+    ``nonlinear=False`` makes the fixed part linear, ``f(X) = Xb``, and the
+    formula a plain GLMM (``y ~ x0 + ... + (1 | g0) + ...``).
     """
     rng = np.random.default_rng(seed)
     num_classes = classes if family == "categorical" else 1
@@ -63,7 +66,7 @@ def simulate(
     beta = rng.uniform(size=(features, num_classes))
     u = rng.uniform(size=(1, num_classes))
     xb = intercept + X @ beta
-    fixed_eta = xb * np.cos(xb) + 2.0 * (X[:, :1] * X[:, 1:2]) @ u
+    fixed_eta = xb * np.cos(xb) + 2.0 * (X[:, :1] * X[:, 1:2]) @ u if nonlinear else xb
     if family == "poisson":
         fixed_eta = 0.5 * fixed_eta
     eta = fixed_eta.copy()
@@ -100,5 +103,5 @@ def simulate(
         effects=tuple(effects),
         fixed_eta=fixed_eta,
         probabilities=probabilities,
-        formula=f"y ~ nn({inputs}) + {groups}",
+        formula=f"y ~ {f'nn({inputs})' if nonlinear else inputs} + {groups}",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gmenn_formula.families import Family
@@ -96,39 +97,63 @@ def train_epoch(
     return total / len(rows)
 
 
+def row_derivatives(family: Family, eta: torch.Tensor, rows: Rows, dispersion: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient (n, c) and Hessian (n, c, c) of each row's NLL with respect to its eta (n, c).
+
+    Rows are independent, so c + 1 backward passes of the summed NLL give them all.
+    """
+    eta = eta.detach().requires_grad_(True)
+    gradient = torch.autograd.grad(family.torch_nll(eta, rows.y, rows.trials, dispersion).sum(), eta, create_graph=True)[0]
+    columns = [torch.autograd.grad(gradient[:, k].sum(), eta, retain_graph=True)[0] for k in range(eta.shape[1])]
+    return gradient.detach(), torch.stack(columns, dim=2).detach()
+
+
 def newton_fixed_effects(
     model: FixedPart, family: Family, rows: Rows, effects: tuple[torch.Tensor, ...], dispersion: float, steps: int = 3
 ) -> float:
     """Exact M-step for the linear fixed effects (no networks): damped Newton on the
-    expected NLL over the draws, full data. Returns the expected NLL at the new beta."""
+    expected NLL over the draws, full data, in float64 (the softmax's shift invariance
+    makes the Hessian singular up to a small ridge, too small for float32).
+
+    The Hessian in beta (k c, k c) is sum_i kron(x_i x_i^T, H_i) with H_i the
+    row Hessian in eta averaged over the draws. Returns the expected NLL per row.
+    """
     beta = model.beta
-    re = random_part(effects, rows)
-    shape = beta.shape
+    re = random_part(effects, rows).double()
+    X, offset = rows.X_fixed.double(), rows.offset.double()
+    k, c = beta.shape
+    m = re.shape[0] if torch.is_tensor(re) else 1
+    stacked = rows.take(torch.arange(len(rows)).repeat(m))
 
-    def objective(flat: torch.Tensor) -> torch.Tensor:
-        eta = rows.X_fixed @ flat.reshape(shape) + rows.offset[:, None]
-        return expected_nll(family, eta, re, rows, dispersion)
+    def linear(flat: torch.Tensor) -> torch.Tensor:
+        return ((X @ flat.reshape(k, c) + offset[:, None]).unsqueeze(0) + re).reshape(-1, c)
 
-    current = beta.detach().reshape(-1).clone()
+    def objective(flat: torch.Tensor) -> float:
+        return float(family.torch_nll(linear(flat), stacked.y, stacked.trials, dispersion).sum()) / m
+
+    current = beta.detach().double().reshape(-1).clone()
     value = objective(current)
-    ridge = 1e-6 * torch.eye(current.numel(), dtype=current.dtype)
     for _ in range(steps):
-        gradient = torch.func.grad(objective)(current)
-        hessian = torch.func.hessian(objective)(current)
-        direction = torch.linalg.solve(hessian + ridge * (1.0 + hessian.diagonal().abs().mean()), gradient)
+        g_eta, h_eta = row_derivatives(family, linear(current), stacked, dispersion)
+        g_eta = g_eta.reshape(m, -1, c).mean(0)
+        h_eta = h_eta.reshape(m, -1, c, c).mean(0)
+        gradient = (X.T @ g_eta).reshape(-1)
+        hessian = torch.einsum("ni,nab,nj->iajb", X, h_eta, X).reshape(k * c, k * c)
+        ridge = 1e-8 * (1.0 + hessian.diagonal().abs().mean()) * torch.eye(k * c, dtype=hessian.dtype)
+        direction = torch.linalg.solve(hessian + ridge, gradient)
         step = 1.0
         while step > 1e-4:
             candidate = current - step * direction
             new_value = objective(candidate)
-            if torch.isfinite(new_value) and new_value <= value:
+            if np.isfinite(new_value) and new_value <= value:
                 current, value = candidate, new_value
                 break
             step /= 2
         else:
             break
     with torch.no_grad():
-        beta.copy_(current.reshape(shape))
-    return float(value)
+        beta.copy_(current.reshape(k, c).to(beta.dtype))
+    return value / len(rows)
 
 
 def variance_statistics(effects: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -164,3 +166,52 @@ class GmennResult:
 
     def __repr__(self) -> str:
         return str(self.summary())
+
+    # -- simulation, export, plots ------------------------------------------------
+    def simulate(
+        self,
+        nsim: int = 1,
+        seed: int | None = None,
+        newdata: pd.DataFrame | None = None,
+        re_form: str | None = "~0",
+    ) -> pd.DataFrame:
+        """Responses drawn from the fitted model, as lme4's ``simulate()``: columns sim_1..sim_nsim.
+
+        ``re_form="~0"`` (or "NA"; lme4's default): new random effects for every
+        level drawn from the fitted covariances. ``re_form=None``: conditional
+        on the fitted effects (posterior means); levels unseen in training get
+        a new draw. See :func:`gmenn_formula.results.simulate.simulate`.
+        """
+        from gmenn_formula.results.simulate import simulate
+
+        return simulate(self, nsim, seed, newdata, re_form)
+
+    def save(self, path) -> Path:
+        """Write the model to one file (``.gmenn``); read it back with ``gmenn_formula.load``."""
+        from gmenn_formula.results.io import save
+
+        return save(self, path)
+
+    def to_inference_data(self):
+        """An ArviZ InferenceData of the final phase's random-effect draws and sampler statistics."""
+        from gmenn_formula.results.inference_data import to_inference_data
+
+        return to_inference_data(self)
+
+    def plot_ranef(self, group: str | None = None, **kwargs):
+        """Caterpillar plot of the random effects (mean +- 1.96 sd); see :func:`gmenn_formula.results.plots.plot_ranef`."""
+        from gmenn_formula.results.plots import plot_ranef
+
+        return plot_ranef(self, group, **kwargs)
+
+    def plot_history(self, **kwargs):
+        """Training and validation loss per epoch; see :func:`gmenn_formula.results.plots.plot_history`."""
+        from gmenn_formula.results.plots import plot_history
+
+        return plot_history(self, **kwargs)
+
+    def plot_variances(self, **kwargs):
+        """Variance-component trajectories per epoch; see :func:`gmenn_formula.results.plots.plot_variances`."""
+        from gmenn_formula.results.plots import plot_variances
+
+        return plot_variances(self, **kwargs)

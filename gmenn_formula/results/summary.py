@@ -78,7 +78,8 @@ class Summary:
                     }
                 )
                 last_group = row["group"]
-            blocks[key] = pd.DataFrame(rows)
+            block = pd.DataFrame(rows)
+            blocks[key] = block if block["Corr"].str.len().any() else block.drop(columns="Corr")  # lme4 omits an empty Corr
         return blocks
 
     def fixed_effects(self) -> pd.DataFrame:
@@ -156,7 +157,7 @@ class Summary:
             if key is not None:
                 lines.append(f" class {key}:")
             lines.append(_table(block))
-        groups = ", ".join(f"{name}, {count}" for name, count in result.ngrps().items())
+        groups = "; ".join(f"{name}, {count}" for name, count in result.ngrps().items())
         lines += [f"Number of obs: {result.nobs}, groups:  {groups}", ""]
         fixed = self.fixed_effects()
         if not fixed.empty:

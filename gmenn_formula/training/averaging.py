@@ -3,8 +3,12 @@
 MCEM estimates jitter from epoch to epoch by Monte Carlo noise (6 levels and
 2 draws give ~40% relative noise in one epoch's variance). We therefore
 (1) call EM *settled* when the means of the last two windows of ``window``
-epochs differ by less than ``tolerance`` (relative) or by less than twice the
-Monte Carlo standard error of that difference, whichever is larger, and
+epochs differ by no more than Monte Carlo noise: with z the change of each
+parameter over the larger of its Monte Carlo standard error and ``tolerance``
+(relative), the mean of z^2 is at most MEAN_SQUARED_Z (about 1 when only noise
+moves the means) and no z exceeds MAX_Z (a per-parameter test at 2 sigma fails
+by chance with dozens of parameters: a categorical fit kept running for
+thousands of epochs), and
 (2) switch to stochastic approximation (SAEM with step 1/k): from then on the
 parameters handed to the next E-step are the running average of the
 per-epoch M-step estimates. Feeding back the noisy single-epoch estimate
@@ -20,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 NUM_BATCHES = 5
+MEAN_SQUARED_Z = 2.0
+MAX_Z = 4.0
 
 
 def _flatten(covariances: list[np.ndarray], dispersion: float | None, beta: np.ndarray | None) -> np.ndarray:
@@ -65,7 +71,8 @@ class Averager:
         change = np.abs(last.mean(0) - previous.mean(0))
         noise = np.sqrt((last.var(0, ddof=1) + previous.var(0, ddof=1)) / w)
         scale = np.maximum(np.abs(last.mean(0)), 1e-3 * np.abs(last.mean(0)).max() + 1e-12)
-        return bool(np.all(change <= np.maximum(self.tolerance * scale, 2.0 * noise)))
+        z = change / np.maximum(noise, self.tolerance * scale)
+        return bool(np.mean(z**2) <= MEAN_SQUARED_Z and np.max(z) <= MAX_Z)
 
     def _averaged(self) -> list[tuple[list[np.ndarray], float | None, np.ndarray | None]]:
         start = self.average_from if self.average_from is not None else max(0, len(self.entries) - self.window)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gmenn_formula.design import Design
+from gmenn_formula.errors import ModelSpecificationError
 from gmenn_formula.estep.driver import EStep
 from gmenn_formula.estep.model import TermArrays
 from gmenn_formula.estep.sampler import SamplerConfig
@@ -192,6 +193,13 @@ def fit_design(
     progress: Callable[[dict], None] | None = None,
 ) -> FitState:
     """Fit the model of ``design`` (response required) by Monte Carlo EM."""
+    if not design.random:
+        raise ModelSpecificationError(
+            f"The formula {design.spec.formula} has no random-effect term; add one such as (1 | group). "
+            "(A model without random effects is a plain network or GLM: fit it with torch or statsmodels.)"
+        )
+    if design.response is None:
+        raise ModelSpecificationError("The data has no response column; a fit needs the response of the formula.")
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -321,7 +329,7 @@ class _GlmmFit(_Fit):
         for epoch in range(1, max_epochs + config.average_epochs + 1):
             draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
             t0 = time.perf_counter()
-            loss = newton_fixed_effects(self.model, self.family, rows, effects, dispersion or 1.0) / len(rows)
+            loss = newton_fixed_effects(self.model, self.family, rows, effects, dispersion or 1.0)
             dispersion = new_dispersion
             beta = self.model.beta.detach().cpu().numpy().copy()
             averager.add(covariances, dispersion, beta)

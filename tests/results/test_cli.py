@@ -1,0 +1,110 @@
+"""The ``gmenn`` command line end to end on CSV files, and its one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from results_fixtures import new_rows, tiny_data
+
+import gmenn_formula as gf
+from gmenn_formula.cli import main
+from gmenn_formula.errors import NewLevelWarning
+
+FORMULA = "y ~ x0 + (1 | g0) + (1 | g1)"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(folder, model path, stdout of ``gmenn fit``) for a binomial GLMM fitted from a CSV."""
+    folder = tmp_path_factory.mktemp("cli")
+    tiny_data("binomial").to_csv(folder / "train.csv", index=False)
+    new_rows(tiny_data("binomial")).drop(columns="y").to_csv(folder / "new.csv", index=False)
+    model = folder / "model.gmenn"
+    argv = ["fit", FORMULA, str(folder / "train.csv"), "--family", "binomial", "-o", str(model), "--epochs", "3", "--average-epochs", "2", "--seed", "1", "--verbose", "0"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return folder, model, out.getvalue()
+
+
+def test_fit_prints_summary_and_writes_a_loadable_model(fitted) -> None:
+    folder, model, out = fitted
+    assert "Family: binomial  ( logit )" in out and f"saved to {model}" in out
+    result = gf.load(model)
+    assert result.nobs == 300 and result.state.config.seed == 1 and result.state.config.average_epochs == 2
+
+
+def test_summary_prints_the_saved_summary(fitted, capsys) -> None:
+    _, model, _ = fitted
+    assert main(["summary", str(model)]) == 0
+    assert capsys.readouterr().out.strip() == str(gf.load(model).summary())
+
+
+@pytest.mark.parametrize(
+    ("options", "kind", "re_form"),
+    [([], "response", None), (["--type", "link"], "link", None), (["--type", "class"], "class", None), (["--population-level"], "response", "~0")],
+)
+def test_predict_writes_one_row_per_input_row(fitted, capsys, options: list[str], kind: str, re_form: str | None) -> None:
+    folder, model, _ = fitted
+    output = folder / "predictions.csv"
+    assert main(["predict", str(model), str(folder / "new.csv"), "-o", str(output), *options]) == 0
+    assert "warning: Levels unseen in training get no random effect (g0: 5 row(s), g1: 5 row(s))." in capsys.readouterr().err
+    predictions = pd.read_csv(output, index_col="row")
+    column = "class" if kind == "class" else "fit"
+    assert list(predictions.columns) == [column] and list(predictions.index) == list(range(20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NewLevelWarning)
+        expected = gf.load(model).predict(pd.read_csv(folder / "new.csv"), type=kind, re_form=re_form)
+    np.testing.assert_allclose(predictions[column], expected)
+
+
+def test_predict_keeps_row_labels_when_rows_are_dropped(fitted, capsys) -> None:
+    folder, model, _ = fitted
+    new = pd.read_csv(folder / "new.csv")
+    new.loc[2, "x0"] = None
+    new.to_csv(folder / "missing.csv", index=False)
+    assert main(["predict", str(model), str(folder / "missing.csv"), "-o", str(folder / "p.csv")]) == 0
+    assert 2 not in pd.read_csv(folder / "p.csv", index_col="row").index
+    assert "warning: Dropped 1 of 20 row(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "y ~ x0 + + (1 | g0)", "{train}", "-o", "{folder}/m.gmenn"], "error: "),
+        (["fit", "y ~ nothere + (1 | g0)", "{train}", "-o", "{folder}/m.gmenn"], "error: Column 'nothere' used in the fixed part is not in the data."),
+        (["fit", FORMULA, "{folder}/train.txt", "-o", "{folder}/m.gmenn"], "error: Cannot read"),
+        (["fit", FORMULA, "{folder}/absent.csv", "-o", "{folder}/m.gmenn"], "error: Cannot read"),
+        (["summary", "{train}"], "error: {train} is not a readable gmenn model file"),
+        (["predict", "{model}", "{folder}/new.csv", "-o", "{folder}/p.csv", "--no-new-levels"], "error: 5 row(s) of the new data have levels of 'g0' unseen"),
+    ],
+    ids=["syntax", "column", "suffix", "absent-data", "corrupt-model", "new-levels"],
+)
+def test_mistakes_print_an_error_and_exit_2(fitted, capsys, argv: list[str], message: str) -> None:
+    folder, model, _ = fitted
+    names = {"folder": folder, "train": folder / "train.csv", "model": model}
+    assert main([a.format(**names) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(**names)) and "Traceback" not in err
+
+
+def test_module_entry_point_reports_errors_without_traceback(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "gmenn_formula", "summary", str(tmp_path / "none.gmenn")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: No model file at {tmp_path / 'none.gmenn'}."
+
+
+@pytest.mark.slow
+def test_demo_at_its_default_size(capsys) -> None:
+    assert main(["demo", "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Held-out AUC (macro one-vs-rest" in out and "true probabilities (ceiling)" in out
+    assert "Number of obs:" in out
