@@ -22,7 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import gmenn_formula as gf
+from gmenn_formula.design import FAMILIES
 from gmenn_formula.errors import DataError, GmennError, MissingValueWarning, NewLevelWarning
+from gmenn_formula.metrics import macro_auc
+from gmenn_formula.results.result import PREDICT_TYPES
+from gmenn_formula.simulation import simulate
 
 EXIT_ERROR = 2
 DEMO_ROWS = 10_000
@@ -68,16 +73,12 @@ def _control(args: argparse.Namespace) -> dict:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    import gmenn_formula as gf
-
     result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **_control(args))
     print(result.summary())
     print(f"\nsaved to {result.save(args.output)}")
 
 
 def _summary(args: argparse.Namespace) -> None:
-    import gmenn_formula as gf
-
     print(gf.load(args.model).summary())
 
 
@@ -91,8 +92,6 @@ def _kept_rows(result, data: pd.DataFrame, count: int) -> pd.Index:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    import gmenn_formula as gf
-
     result = gf.load(args.model)
     data = _read_data(args.data)
     re_form = "~0" if args.population_level else None
@@ -106,10 +105,6 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     """Fit the paper's base multi-class scenario on simulated data; held-out AUC against the ceiling."""
-    import gmenn_formula as gf
-    from gmenn_formula.metrics import macro_auc
-    from gmenn_formula.simulation import simulate
-
     sim = simulate(rows=args.rows, seed=args.seed)
     test = np.random.default_rng(args.seed).random(args.rows) < DEMO_TEST_FRACTION
     train_data, test_data = sim.data[~test], sim.data[test]
@@ -136,14 +131,16 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gmenn", description="Mixed effects neural networks with lme4 formulas, fitted by Monte Carlo EM.")
+    parser = argparse.ArgumentParser(
+        prog="gmenn", description="Mixed effects neural networks with lme4 formulas, fitted by Monte Carlo EM."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="fit a model to a CSV/parquet file and save it")
     fit.add_argument("formula", help='lme4-style formula, e.g. "y ~ nn(x1 + x2) + (1 | g)"')
     fit.add_argument("data", help="training data (.csv or .parquet)")
     fit.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.gmenn)")
-    fit.add_argument("--family", choices=["gaussian", "binomial", "poisson", "categorical"], help="response family (default: gaussian, binomial for cbind())")
+    fit.add_argument("--family", choices=FAMILIES, help="response family (default: gaussian, binomial for cbind())")
     for option, (kind, text) in CONTROL_OPTIONS.items():
         fit.add_argument(f"--{option}", type=kind, help=text)
     fit.add_argument("--verbose", type=int, default=1, help="1: progress bar (default), 0: silent")
@@ -157,13 +154,16 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="model file written by gmenn fit")
     predict.add_argument("data", help="new data (.csv or .parquet)")
     predict.add_argument("-o", "--output", required=True, help="CSV file to write, one row per predicted row")
-    predict.add_argument("--type", choices=["response", "link", "class"], default="response", help="prediction scale (default: response)")
+    predict.add_argument("--type", choices=PREDICT_TYPES, default="response", help="prediction scale (default: response)")
     predict.add_argument("--population-level", action="store_true", help="leave out the random effects (lme4's re.form = ~0)")
-    predict.add_argument("--no-new-levels", action="store_true", help="fail on grouping levels unseen in training instead of predicting them with effect 0")
+    predict.add_argument(
+        "--no-new-levels", action="store_true", help="fail on grouping levels unseen in training instead of predicting them with effect 0"
+    )
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="fit the paper's base multi-class scenario on simulated data")
-    demo.add_argument("--rows", type=int, default=DEMO_ROWS, help=f"simulated rows (default {DEMO_ROWS:,}); {DEMO_TEST_FRACTION:.0%} are held out")
+    held_out = f"{DEMO_TEST_FRACTION:.0%} are held out"
+    demo.add_argument("--rows", type=int, default=DEMO_ROWS, help=f"simulated rows (default {DEMO_ROWS:,}); {held_out}")
     demo.add_argument("--seed", type=int, default=0, help="seed of the simulation and the fit")
     demo.add_argument("--verbose", type=int, default=1, help="1: progress bar (default), 0: silent")
     demo.set_defaults(run=_demo)

@@ -74,6 +74,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from gmenn_formula.estep.precondition import BlockWhitening, Position, whitened_logdensity
+from gmenn_formula.errors import ControlError
 
 SamplerKind = Literal["whitened", "paper"]
 
@@ -107,20 +108,20 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("whitened", "paper"):
-            raise ValueError(f"SamplerConfig.kind must be 'whitened' or 'paper', not {self.kind!r}.")
+            raise ControlError(f"SamplerConfig.kind must be 'whitened' or 'paper', not {self.kind!r}.")
         if not 0 <= self.burn_in < self.num_draws:
-            raise ValueError(
+            raise ControlError(
                 f"SamplerConfig needs 0 <= burn_in < num_draws to keep a draw; got burn_in={self.burn_in}, "
                 f"num_draws={self.num_draws}."
             )
         if self.initial_step_size is not None and not self.initial_step_size > 0:
-            raise ValueError(f"SamplerConfig.initial_step_size must be positive, not {self.initial_step_size}.")
+            raise ControlError(f"SamplerConfig.initial_step_size must be positive, not {self.initial_step_size}.")
         if not 0 < self.target_acceptance < 1:
-            raise ValueError(f"SamplerConfig.target_acceptance must lie in (0, 1), not {self.target_acceptance}.")
+            raise ControlError(f"SamplerConfig.target_acceptance must lie in (0, 1), not {self.target_acceptance}.")
         if not self.step_size_gain > 0:
-            raise ValueError(f"SamplerConfig.step_size_gain must be positive, not {self.step_size_gain}.")
+            raise ControlError(f"SamplerConfig.step_size_gain must be positive, not {self.step_size_gain}.")
         if self.max_tree_depth < 1:
-            raise ValueError(f"SamplerConfig.max_tree_depth must be at least 1, not {self.max_tree_depth}.")
+            raise ControlError(f"SamplerConfig.max_tree_depth must be at least 1, not {self.max_tree_depth}.")
 
 
 class SamplerState(NamedTuple):
@@ -212,12 +213,12 @@ def _identity(position: Position) -> Position:
 
 def _check_whitening(config: SamplerConfig, whitening: BlockWhitening | None) -> None:
     if config.kind == "whitened" and whitening is None:
-        raise ValueError(
+        raise ControlError(
             "The 'whitened' sampler needs a BlockWhitening (see precondition.build_whitening); "
             "use SamplerConfig(kind='paper') to sample in the original coordinates."
         )
     if config.kind == "paper" and whitening is not None:
-        raise ValueError("The 'paper' sampler runs in the original coordinates: pass whitening=None.")
+        raise ControlError("The 'paper' sampler runs in the original coordinates: pass whitening=None.")
 
 
 @partial(jax.jit, static_argnames=("logdensity_fn", "config"))

@@ -22,7 +22,13 @@ import numpy as np
 from gmenn_formula.errors import DataError
 from gmenn_formula.results.tables import class_labels
 
-STATS = {"acceptance_rate": "acceptance", "step_size": "step_size", "n_steps": "leapfrog_steps", "epoch_divergences": "divergences", "epoch": "epoch"}
+STATS = {
+    "acceptance_rate": "acceptance",
+    "step_size": "step_size",
+    "n_steps": "leapfrog_steps",
+    "epoch_divergences": "divergences",
+    "epoch": "epoch",
+}
 """ArviZ sample-stat name -> history column."""
 
 
@@ -70,5 +76,8 @@ def to_inference_data(result) -> az.InferenceData:
         coords["class"] = [str(label) for label in classes]
     epochs = draw_epochs(result)
     sample_stats = {stat: np.array([[state.history[i][column] for i in epochs]]) for stat, column in STATS.items()}
-    attrs = {"inference_library": "gmenn-formula", "method": "Monte Carlo EM; E-step draws of the random effects given the fitted covariances"}
+    attrs = {
+        "inference_library": "gmenn-formula",
+        "method": "Monte Carlo EM; E-step draws of the random effects given the fitted covariances",
+    }
     return az.from_dict(posterior=posterior, sample_stats=sample_stats, coords=coords, dims=dims, attrs=attrs)

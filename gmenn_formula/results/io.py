@@ -38,7 +38,7 @@ import safetensors.torch
 from torch import nn
 
 from gmenn_formula.design import Design, DesignSpec, RandomEffectDesign
-from gmenn_formula.errors import GmennError, MissingNetworkError, ModelFileError, ModelVersionError, NetworkError, NoTrainingDataError
+from gmenn_formula.errors import MissingNetworkError, ModelFileError, ModelVersionError, NetworkError, NoTrainingDataError
 from gmenn_formula.families import get_family
 from gmenn_formula.mstep.networks import FixedPart, NetworkSpec, build_network
 from gmenn_formula.results.result import GmennResult
@@ -51,7 +51,18 @@ FORMAT = "gmenn-formula model"
 FORMAT_VERSION = 1
 META, WEIGHTS, ARRAYS = "model.json", "weights.safetensors", "arrays.safetensors"
 _PER_TERM = ("covariances", "covariance_se", "effect_mean", "effect_sd", "draws")
-_FIT_SCALARS = ("num_outputs", "fixed_names", "dispersion", "dispersion_se", "converged", "messages", "epochs", "best_epoch", "best_validation_loss", "seconds")
+_FIT_SCALARS = (
+    "num_outputs",
+    "fixed_names",
+    "dispersion",
+    "dispersion_se",
+    "converged",
+    "messages",
+    "epochs",
+    "best_epoch",
+    "best_validation_loss",
+    "seconds",
+)
 
 
 class LoadedResult(GmennResult):
@@ -164,9 +175,9 @@ def load(path: str | os.PathLike, nets: Mapping[str, nn.Module | object] | None 
             weights = safetensors.torch.load(archive.read(WEIGHTS))
             arrays = safetensors.numpy.load(archive.read(ARRAYS))
         return _restore(meta, weights, arrays, nets)
-    except GmennError:
+    except (ModelFileError, NetworkError):
         raise
-    except Exception as exc:  # anything a damaged file can trigger while decoding
+    except Exception as exc:  # anything else a damaged file can trigger while decoding (bad formula text, settings, arrays)
         raise ModelFileError(
             f"{path} is not a readable gmenn model file ({type(exc).__name__}: {exc}). "
             "Check that it was written by GmennResult.save() and copied completely."
@@ -204,7 +215,7 @@ def _networks(spec: DesignSpec, c: int, nets: Mapping | None) -> list[nn.Module]
 def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> LoadedResult:
     spec = spec_from_json(meta["spec"])
     fit = {name: decode_value(meta["fit"][name]) for name in _FIT_SCALARS}
-    c = int(fit["num_outputs"])
+    c = fit["num_outputs"]
     model = FixedPart(_networks(spec, c, nets), len(fit["fixed_names"]), c)
     try:
         model.load_state_dict(weights, strict=True)
@@ -222,7 +233,7 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> L
         history=history,
         config=FitConfig(**meta["fit"]["config"]),
         **{key: [arrays[f"{key}/{l}"] for l in terms] for key in _PER_TERM},
-        **{**fit, "num_outputs": c, "fixed_names": tuple(fit["fixed_names"])},
+        **fit,
     )
     residuals = meta["data"]["scaled_residuals"]
     table = None if residuals is None else pd.DataFrame(residuals["rows"], columns=residuals["columns"])

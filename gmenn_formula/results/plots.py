@@ -52,7 +52,8 @@ def plot_ranef(result, group: str | None = None, figsize: tuple[float, float] | 
     panels = _panels(result, group)
     classes = list(dict.fromkeys(label for *_, label, _ in panels))
     rows = len(panels) // len(classes)
-    fig, axes = plt.subplots(rows, len(classes), squeeze=False, figsize=figsize or (3.2 * len(classes) + 1, 3.2 * rows), constrained_layout=True)
+    size = figsize or (3.2 * len(classes) + 1, 3.2 * rows)
+    _, axes = plt.subplots(rows, len(classes), squeeze=False, figsize=size, constrained_layout=True)
     for ax, (name, term, label, table) in zip(axes.flat, panels):
         ordered = table.sort_values("mean")
         position = np.arange(len(ordered))

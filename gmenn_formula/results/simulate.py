@@ -78,7 +78,9 @@ def _draw_responses(result, design: Design, eta: np.ndarray, rng: np.random.Gene
     return np.asarray(classes, dtype=object)[successes] if classes is not None else successes
 
 
-def simulate(result, nsim: int = 1, seed: int | None = None, newdata: pd.DataFrame | None = None, re_form: str | None = "~0") -> pd.DataFrame:
+def simulate(
+    result, nsim: int = 1, seed: int | None = None, newdata: pd.DataFrame | None = None, re_form: str | None = "~0"
+) -> pd.DataFrame:
     """``nsim`` simulated responses for the rows of ``newdata`` (None: the fitting rows).
 
     Returns an (n, nsim) DataFrame with columns sim_1..sim_nsim, indexed like

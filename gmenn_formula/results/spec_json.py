@@ -176,7 +176,7 @@ def _block_to_json(block: ParametricBlock, role: str) -> dict:
     }
 
 
-def synthetic_frame(columns: dict[str, list | None]) -> pd.DataFrame:
+def _synthetic_frame(columns: dict[str, list | None]) -> pd.DataFrame:
     """A small frame on which a block evaluates: categorical columns cycle their levels, numeric ones are 1..2."""
     rows = max([PROBE_ROWS, *(len(levels) for levels in columns.values() if levels)])
     frame = pd.DataFrame(index=pd.RangeIndex(rows))
@@ -191,12 +191,11 @@ def _restore_component(component, saved: dict) -> None:
         raise ValueError(f"component {component.name} is {component.kind}, saved as {saved['kind']}")
     if saved["kind"] == "categoric":
         levels = decode_value(saved["levels"])
-        ordered = pd.Categorical(levels, categories=levels, ordered=True)
         box = component._intermediate_data if isinstance(component, Call) else None
-        if isinstance(box, CategoricalBox):
+        if isinstance(box, CategoricalBox):  # C(x, contrast): keep the contrast the formula text gave
             component.eval_categorical_box(CategoricalBox(pd.Series(levels), box.contrast, levels), saved["spans_intercept"])
         else:
-            component.eval_categoric(ordered, saved["spans_intercept"])
+            component.eval_categoric(pd.Categorical(levels, categories=levels, ordered=True), saved["spans_intercept"])
     calls = list(_lazy_calls(component.call)) if isinstance(component, Call) else []
     if len(calls) != len(saved["transforms"]):
         raise ValueError(f"component {component.name} has {len(calls)} calls, saved with {len(saved['transforms'])}")
@@ -213,14 +212,14 @@ def _block_from_json(data: dict) -> ParametricBlock:
     if data["components"] is None:
         return ParametricBlock(data["formula"], names, None)
     columns = {name: decode_value(levels) for name, levels in data["columns"].items()}
-    matrix = design_matrices(data["formula"], synthetic_frame(columns), na_action="error", extra_namespace=NAMESPACE).common
+    matrix = design_matrices(data["formula"], _synthetic_frame(columns), na_action="error", extra_namespace=NAMESPACE).common
     components = [component for _, component in _components(matrix)]
     if len(components) != len(data["components"]):
         raise ValueError(f"block {data['formula']!r} has {len(components)} components, saved with {len(data['components'])}")
     for component, saved in zip(components, data["components"]):
         _restore_component(component, saved)
     block = ParametricBlock(data["formula"], names, matrix)
-    width = block.apply(synthetic_frame(columns), "saved block").shape[1]
+    width = block.apply(_synthetic_frame(columns), "saved block").shape[1]
     if width != len(names):
         raise ValueError(f"block {data['formula']!r} rebuilds {width} columns, saved with {len(names)}")
     return block
@@ -289,11 +288,13 @@ def check_rebuilt(original: DesignSpec, rebuilt: DesignSpec) -> None:
     for before, after in zip(original.random, rebuilt.random):
         levels, restored = before.factor.levels, after.factor.levels
         if not (levels.equals(restored) and all(a.dtype == b.dtype for a, b in zip(_level_arrays(levels), _level_arrays(restored)))):
-            raise UnsupportedSaveError(f"The levels of grouping factor {before.factor.name!r} (dtype {levels.dtype}) do not survive a model file. {COLUMN_ADVICE}")
+            raise UnsupportedSaveError(
+                f"The levels of grouping factor {before.factor.name!r} (dtype {levels.dtype}) do not survive a model file. {COLUMN_ADVICE}"
+            )
     for (role, before), (_, after) in zip(_blocks(original), _blocks(rebuilt)):
         if before._matrix is None:
             continue
-        probe = synthetic_frame(_synthetic_columns(before._matrix, before.formula))
+        probe = _synthetic_frame(_synthetic_columns(before._matrix, before.formula))
         expected, restored = before.apply(probe, role), after.apply(probe, role)
         if expected.shape != restored.shape or not np.allclose(expected, restored, rtol=1e-12, atol=0.0, equal_nan=True):
             raise UnsupportedSaveError(f"The {role} ({before.formula!r}) does not survive a model file. {TRANSFORM_ADVICE}")

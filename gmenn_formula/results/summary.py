@@ -168,6 +168,9 @@ class Summary:
         lines += self.estep_lines() + self.convergence_lines()
         return "\n".join(lines)
 
+    def __repr__(self) -> str:  # consoles and notebooks' text fallback print the summary itself
+        return str(self)
+
     def _repr_html_(self) -> str:
         parts = [f"<pre>{html.escape(chr(10).join(self.header()))}</pre>", "<b>Random effects</b>"]
         for key, block in self.random_effects().items():

@@ -15,8 +15,9 @@ class FitConfig:
     Networks (``nn()`` present): at most ``epochs`` EM epochs of Adam
     (``learning_rate``) over minibatches of ``batch_size`` rows, early stopping
     on a ``validation_fraction`` split with ``patience``, best weights restored;
-    then ``final_epochs`` E-steps on all rows with the network frozen, the last
-    ``average_epochs`` of them averaged into the reported variances.
+    then, on all rows with the network frozen, EM for the variance components
+    until they settle (at most ``final_epochs`` epochs), then ``average_epochs``
+    epochs averaged into the reported variances.
 
     Plain GLMM (no ``nn()``): all rows, exact M-step for the linear fixed
     effects, EM until the parameters move less than ``tolerance`` (relative,
@@ -41,7 +42,7 @@ class FitConfig:
     tolerance: float = 2e-3
     window: int = 10
     average_epochs: int = 40
-    final_epochs: int = 60
+    final_epochs: int = 150
     seed: int = 0
     device: str = "auto"
     verbose: int = 1
@@ -58,7 +59,7 @@ class FitConfig:
             "tolerance": self.tolerance > 0,
             "window": self.window >= 2,
             "average_epochs": self.average_epochs >= 1,
-            "final_epochs": self.final_epochs >= self.average_epochs,
+            "final_epochs": self.final_epochs >= 1,
             "epochs": self.epochs is None or self.epochs >= 1,
             "penalty": self.penalty is None or self.penalty >= 0,
         }

@@ -305,52 +305,66 @@ class _Fit:
             **extra,
         )
 
+    def settle_then_average(self, estep, rows, covariances, dispersion, max_em_epochs, first_epoch, fit_beta):
+        """EM epochs until the parameters settle (or ``max_em_epochs``), then
+        ``average_epochs`` epochs of stochastic approximation (the averaged iterate is
+        fed back). ``fit_beta``: exact M-step for the linear fixed effects too.
+        Returns the averager, the effect moments, whether EM settled, the last epoch."""
+        config = self.config
+        averager = Averager(config.window, config.tolerance)
+        moments = _EffectMoments(self.shapes, self.max_draws())
+        settled = True
+        epoch = first_epoch
+        for epoch in range(first_epoch + 1, first_epoch + max_em_epochs + config.average_epochs + 1):
+            draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
+            t0 = time.perf_counter()
+            extra = {}
+            beta = None
+            if fit_beta:
+                extra["loss"] = newton_fixed_effects(self.model, self.family, rows, effects, dispersion or 1.0)
+                beta = self.model.beta.detach().cpu().numpy().copy()
+            dispersion = new_dispersion
+            averager.add(covariances, dispersion, beta)
+            phase = "average" if averager.averaging else "em"
+            if averager.averaging:
+                moments.add(draws.effects)
+                covariances, dispersion, beta = averager.current()
+                if fit_beta:
+                    with torch.no_grad():
+                        self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
+            self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, time.perf_counter() - t0, **extra)
+            if averager.averaging and averager.averaged_epochs >= config.average_epochs:
+                break
+            if not averager.averaging and (averager.settled() or epoch - first_epoch >= max_em_epochs):
+                if not averager.settled():
+                    settled = False
+                    self.messages.append(
+                        f"EM did not settle within {max_em_epochs} epochs (changes above Monte Carlo noise and "
+                        f"tolerance {config.tolerance}); estimates are averages of the following epochs. "
+                        "Increase epochs= (final_epochs= for nn() fits) or check the model."
+                    )
+                averager.start_averaging()
+        return averager, moments, settled, epoch
+
     def max_draws(self) -> int:
         size = sum(int(np.prod(s)) for s in self.shapes) * 4
         return max(1, min(200, MAX_STORED_DRAW_BYTES // max(size, 1)))
 
 
 class _GlmmFit(_Fit):
-    """No networks: all rows, exact M-step for beta, EM to convergence, then averaging."""
+    """No networks: all rows, exact M-step for beta, EM until settled, then averaging."""
 
     def run(self, index: np.ndarray) -> FitState:
-        config = self.config
         rows = self.rows(index)
         no_effects = tuple(torch.zeros((1, *s), device=self.device) for s in self.shapes)
         newton_fixed_effects(self.model, self.family, rows, no_effects, 1.0, steps=25)
         dispersion, scale = self.initial_dispersion_and_scale(rows)
         covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
         estep = self.estep(index, 0)
-        averager = Averager(config.window, config.tolerance)
-        moments = _EffectMoments(self.shapes, self.max_draws())
-        max_epochs = config.max_epochs(False)
-        converged = False
-        epoch = 0
-        for epoch in range(1, max_epochs + config.average_epochs + 1):
-            draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
-            t0 = time.perf_counter()
-            loss = newton_fixed_effects(self.model, self.family, rows, effects, dispersion or 1.0)
-            dispersion = new_dispersion
-            beta = self.model.beta.detach().cpu().numpy().copy()
-            averager.add(covariances, dispersion, beta)
-            phase = "average" if averager.averaging else "em"
-            if averager.averaging:
-                moments.add(draws.effects)
-                covariances, dispersion, beta = averager.current()
-                with torch.no_grad():
-                    self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
-            self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, time.perf_counter() - t0, loss=loss)
-            if averager.averaging and averager.averaged_epochs >= config.average_epochs:
-                converged = True
-                break
-            if not averager.averaging and (averager.settled() or epoch >= max_epochs):
-                if epoch >= max_epochs:
-                    self.messages.append(
-                        f"EM did not settle within {max_epochs} epochs (relative change above {config.tolerance}); "
-                        "estimates are averages of the last epochs. Increase epochs= or check the model."
-                    )
-                averager.start_averaging()
-        return self.finish(averager, moments, converged and not self.messages, epoch)
+        averager, moments, settled, epoch = self.settle_then_average(
+            estep, rows, covariances, dispersion, self.config.max_epochs(False), 0, fit_beta=True
+        )
+        return self.finish(averager, moments, settled, epoch)
 
 
 class _NetworkFit(_Fit):
@@ -404,20 +418,11 @@ class _NetworkFit(_Fit):
 
     def final_phase(self, index, covariances, dispersion, converged, epochs, best_epoch, best_loss) -> FitState:
         """Variance components and effects on all rows with the network frozen."""
-        config = self.config
         rows = self.rows(index)
         estep = self.estep(index, 1)
-        averager = Averager(config.window, config.tolerance)
-        moments = _EffectMoments(self.shapes, self.max_draws())
-        for step in range(1, config.final_epochs + 1):
-            draws, _, covariances, dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
-            if step == config.final_epochs - config.average_epochs + 1:
-                averager.start_averaging()
-            averager.add(covariances, dispersion, None)
-            if averager.averaging:
-                moments.add(draws.effects)
-                covariances, dispersion, _ = averager.current()
-            self.record(epochs + step, "final", covariances, dispersion, draws, estep_seconds, 0.0)
+        averager, moments, settled, epoch = self.settle_then_average(
+            estep, rows, covariances, dispersion, self.config.final_epochs, epochs, fit_beta=False
+        )
         return self.finish(
-            averager, moments, converged, epochs + config.final_epochs, best_epoch=best_epoch, best_validation_loss=best_loss
+            averager, moments, converged and settled, epoch, best_epoch=best_epoch, best_validation_loss=best_loss
         )

@@ -76,6 +76,13 @@ def test_predict_keeps_row_labels_when_rows_are_dropped(fitted, capsys) -> None:
     assert "warning: Dropped 1 of 20 row(s)" in capsys.readouterr().err
 
 
+def test_predict_reads_parquet(fitted, capsys) -> None:
+    folder, model, _ = fitted
+    pd.read_csv(folder / "new.csv").to_parquet(folder / "new.parquet")
+    assert main(["predict", str(model), str(folder / "new.parquet"), "-o", str(folder / "p.csv"), "--population-level"]) == 0
+    assert len(pd.read_csv(folder / "p.csv")) == 20 and "20 predictions written" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
