@@ -88,7 +88,7 @@ def resolve_device(device: str) -> torch.device:
 
 def _rows(design: Design, index: np.ndarray, drop_intercept: bool, device: torch.device) -> Rows:
     def tensor(array: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(array[index]), dtype=dtype, device=device)
+        return torch.tensor(array[index], dtype=dtype, device=device)
 
     X_fixed = design.X_fixed[:, 1:] if drop_intercept else design.X_fixed
     response = design.response
