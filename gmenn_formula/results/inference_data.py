@@ -35,15 +35,11 @@ STATS = {
 def draw_epochs(result) -> np.ndarray:
     """(s,) position in ``state.history`` of the epoch each stored draw comes from.
 
-    Draws are stored from the averaged epochs: phase "average" (plain GLMM) or
-    the last ``average_epochs`` of phase "final" (networks), ``draws - burn_in``
-    per epoch, oldest first, capped at the stored count.
+    Draws are stored from the averaged epochs (phase "average"), ``draws -
+    burn_in`` per epoch, oldest first, capped at the stored count.
     """
     state, config = result.state, result.state.config
-    phases = [entry["phase"] for entry in state.history]
-    averaged = [i for i, phase in enumerate(phases) if phase == "average"]
-    if not averaged:
-        averaged = [i for i, phase in enumerate(phases) if phase == "final"][-config.average_epochs :]
+    averaged = [i for i, entry in enumerate(state.history) if entry["phase"] == "average"]
     stored = state.draws[0].shape[0] if state.draws else 0
     epochs = np.repeat(averaged, config.draws - config.burn_in)[:stored]
     if len(epochs) != stored:

@@ -91,7 +91,7 @@ def plot_history(result, ax=None):
 
 
 def plot_variances(result, ax=None, log: bool = True):
-    """Each variance component (and the residual variance) per epoch; the averaged phase is shaded.
+    """Each variance component (and the residual variance) per epoch; the averaged epochs are shaded.
 
     ``log``: logarithmic y axis (variances of different factors differ by orders
     of magnitude). Returns the Axes.
@@ -107,9 +107,9 @@ def plot_variances(result, ax=None, log: bool = True):
     for column in columns:
         label = "residual" if column == "dispersion" else column[4:-1]
         ax.plot(history["epoch"], history[column], label=label, linewidth=1.2)
-    settled = history.loc[history["phase"].isin(["average", "final"]), "epoch"]
-    if len(settled):
-        ax.axvspan(settled.min(), settled.max(), color="0.9", zorder=0, label="variances re-estimated/averaged")
+    averaged = history.loc[history["phase"] == "average", "epoch"]
+    if len(averaged):
+        ax.axvspan(averaged.min(), averaged.max(), color="0.9", zorder=0, label="averaged epochs")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")

@@ -4,7 +4,8 @@ lme4's ``simulate(re.form=NA)`` (its default, same as ``re.form=~0`` or
 ``use.u=FALSE``) draws NEW random effects for every level from the fitted
 covariances: a parametric bootstrap of the whole model. ``re.form=NULL``
 (``use.u=TRUE``) conditions on the fitted effects. Here ``re_form="~0"``
-(default, also "NA") and ``re_form=None`` mean the same. Conditional
+(the default; "NA" too) is lme4's ``re.form=NA`` and ``re_form=None`` its
+``re.form=NULL``. Conditional
 simulation uses the posterior means of the effects (lme4: the conditional
 modes); levels unseen in training get one new draw from the fitted covariance
 per level and simulation, shared by the rows of that level (design.md 3b).

@@ -141,7 +141,7 @@ def handmade_categorical_nn() -> GmennResult:
         effect_mean=list(means),
         effect_sd=list(sds),
         draws=list(draws),
-        history=_history(covariances, ["train", "train", "train", "final", "final", "final"], None, network=True),
+        history=_history(covariances, ["train", "train", "train", "em", "average", "average"], None, network=True),
         converged=False,
         messages=["Early stopping did not trigger within 3 epochs (patience 10); the best epoch's network is used."],
         epochs=6,
