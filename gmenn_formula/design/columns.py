@@ -65,7 +65,7 @@ class ParametricBlock:
             raise DataError(f"Could not build the {role} columns {formula!r}: {exc}") from exc
         frame = matrix.as_dataframe()
         names = tuple("(Intercept)" if c == "Intercept" else str(c) for c in frame.columns)
-        return cls(formula, names, matrix), np.asarray(frame, dtype=np.float64)
+        return cls(formula, names, matrix), np.array(frame, dtype=np.float64)
 
     def apply(self, data: pd.DataFrame, role: str) -> np.ndarray:
         """Evaluate the learned block on new data with the training encodings. Returns (n, k)."""
@@ -84,4 +84,4 @@ class ParametricBlock:
             raise DataError(f"Could not build the {role} columns on new data: {exc}") from exc
         except Exception as exc:
             raise DataError(f"Could not build the {role} columns on new data: {exc}") from exc
-        return np.asarray(frame, dtype=np.float64)
+        return np.array(frame, dtype=np.float64)

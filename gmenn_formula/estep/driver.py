@@ -76,6 +76,14 @@ class EStep:
 
         self._whitening = jax.jit(whitening)
 
+    def continue_from(self, other: EStep) -> None:
+        """Start where ``other`` (same terms and levels, other rows) stopped: its last
+        draw, its whitening center and its adapted step size. A cold start at zero
+        effects with the initial step size accepts almost nothing in its first epochs,
+        and variance estimates taken from those draws collapse toward zero."""
+        self.state = other.state
+        self.center = other.center
+
     def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float) -> EpochDraws:
         """One epoch of K draws (R dropped) given F (n, c), per term covariances (c, p, p)."""
         chols = [_cholesky(S) for S in covariances]

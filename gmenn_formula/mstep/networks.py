@@ -8,6 +8,7 @@ maps (batch, d) to (batch, c), or a callable ``factory(d, c) -> nn.Module``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -59,7 +60,8 @@ def build_network(spec: NetworkSpec, inputs: int, outputs: int, nets: Mapping[st
         known = f" Known: {sorted(nets)}." if nets else ""
         raise NetworkError(f"nn(..., net={spec.net!r}) names no network; pass nets={{{spec.net!r}: module_or_factory}} to the fit.{known}")
     entry = nets[spec.net]
-    module = entry if isinstance(entry, nn.Module) else entry(inputs, outputs)
+    # A module passed in is copied: the fit trains the copy and leaves the user's object untouched.
+    module = copy.deepcopy(entry) if isinstance(entry, nn.Module) else entry(inputs, outputs)
     if not isinstance(module, nn.Module):
         raise NetworkError(f"nets[{spec.net!r}] must be a torch.nn.Module or a factory (inputs, outputs) -> Module; got {type(module).__name__}.")
     try:

@@ -410,16 +410,18 @@ class _NetworkFit(_Fit):
             )
         best_loss, state, best_epoch, covariances, dispersion = best
         self.model.load_state_dict(state)
-        return self.final_phase(index, covariances, dispersion, converged, epoch, best_epoch, best_loss)
+        return self.final_phase(index, estep, covariances, dispersion, converged, epoch, best_epoch, best_loss)
 
     def validation_loss(self, rows: Rows, center: tuple[torch.Tensor, ...], dispersion: float | None) -> float:
         F = _predict_fixed(self.model, rows)
         return float(expected_nll(self.family, F, random_part(center, rows), rows, dispersion or 1.0)) / len(rows)
 
-    def final_phase(self, index, covariances, dispersion, converged, epochs, best_epoch, best_loss) -> FitState:
-        """Variance components and effects on all rows with the network frozen."""
+    def final_phase(self, index, training_estep, covariances, dispersion, converged, epochs, best_epoch, best_loss) -> FitState:
+        """Variance components and effects on all rows with the network frozen, the
+        sampler continuing from the training E-step."""
         rows = self.rows(index)
         estep = self.estep(index, 1)
+        estep.continue_from(training_estep)
         averager, moments, settled, epoch = self.settle_then_average(
             estep, rows, covariances, dispersion, self.config.final_epochs, epochs, fit_beta=False
         )

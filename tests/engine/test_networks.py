@@ -19,6 +19,7 @@ def data():
 
 def test_user_module_and_factory(data):
     module = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    before = [p.detach().clone() for p in module.parameters()]
     fit = gf.gmenn(
         "y ~ nn(x0 + x1, net='small') + nn(x2, net='linear') + (1 | g0)",
         data,
@@ -26,7 +27,8 @@ def test_user_module_and_factory(data):
         **TINY,
     )
     first, second = fit.state.model.networks
-    assert first is module
+    assert first is not module and isinstance(first, torch.nn.Sequential)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
     assert isinstance(second, torch.nn.Linear) and second.in_features == 1
     assert fit.predict().shape == (600,)
 
