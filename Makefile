@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel first: a bare torch requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -27,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/design_memory.py
 	$(PY) benchmarks/sampler_mixing.py
 	$(PY) benchmarks/epoch_cost.py
+	$(PY) benchmarks/engine_scale.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -38,6 +38,6 @@ def gmenn(
         raise DataTypeError(f"data must be a pandas DataFrame, not {type(data).__name__}; wrap it with pandas.DataFrame(...).")
     config = FitConfig.from_control(**control)
     fitted_design = build_design(formula, data, family=family, na_action=na_action)
-    with ProgressBar(config.max_epochs(bool(fitted_design.X_networks)), enabled=config.verbose > 0) as bar:
+    with ProgressBar(enabled=config.verbose > 0) as bar:
         state = fit_design(fitted_design, config, nets=nets, progress=bar.update)
     return GmennResult(fitted_design, state)

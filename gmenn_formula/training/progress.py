@@ -8,21 +8,19 @@ from tqdm.auto import tqdm
 class ProgressBar:
     """Context manager; ``update(entry)`` takes one history entry of the EM loop."""
 
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.total = total
+    def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.bar = None
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
-            self.bar = tqdm(total=self.total, desc="MCEM", unit="epoch", leave=False)
+            # disable=None: tqdm shows the bar on a terminal or notebook, not in a log or pipe.
+            self.bar = tqdm(total=None, desc="MCEM", unit="epoch", leave=False, disable=None)
         return self
 
     def update(self, entry: dict) -> None:
         if self.bar is None:
             return
-        if entry["epoch"] > self.bar.total:
-            self.bar.total = entry["epoch"]
         self.bar.update(entry["epoch"] - self.bar.n)
         shown = {"phase": entry["phase"], "acc": f"{entry['acceptance']:.2f}"}
         for key, label in (("loss", "loss"), ("validation_loss", "val")):
