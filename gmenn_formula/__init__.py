@@ -4,7 +4,12 @@ Stages: ``parse`` (formula text -> Formula), ``design`` (Formula + DataFrame ->
 Design arrays), the engine (Monte Carlo EM), and the results.
 """
 
-from gmenn_formula.errors import GmennError
+import warnings
+
+# We run PyTensor through JAX: its C-backend BLAS notice does not apply to us.
+warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
+
+from gmenn_formula.errors import GmennError  # noqa: E402
 from gmenn_formula.formula import parse
 
 # The function shadows the subpackage of the same name on purpose: gmenn_formula.design(formula, data).
