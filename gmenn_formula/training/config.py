@@ -22,10 +22,19 @@ class FitConfig:
     Plain GLMM (no ``nn()``): all rows, exact M-step for the linear fixed
     effects, EM until the parameters move less than ``tolerance`` (relative,
     between means over windows of ``window`` epochs) or ``epochs`` is reached,
-    then ``average_epochs`` more epochs averaged.
+    then at least ``average_epochs`` more epochs averaged, until the Monte
+    Carlo standard error of every variance component is below ``mcse_target``
+    (relative) or ``max_average_epochs`` is reached (the same for the final
+    phase of nn() fits).
 
     E-step: ``draws`` (K) draws per epoch of which ``burn_in`` (R) are
-    dropped, with ``sampler`` "whitened" (default) or "paper".
+    dropped, with ``sampler`` "whitened" (default) or "paper"; NUTS builds at
+    most ``max_tree_depth`` doublings (2**depth - 1 leapfrog steps) per draw
+    (None: 3 for "whitened", the paper's 10 for "paper"). Depth 3 (7 steps): on the paper's base scenario (20,000
+    rows, whitened target) it gives the most effective draws of B^2 per
+    second (19.9/s vs 17.3 at depth 4 and 14.1 at depth 5, where NUTS runs
+    its full ~34-step half orbit) and a 4x cheaper E-step per epoch; the
+    Monte Carlo noise left is averaged out across epochs.
     ``penalty``: the paper's lambda (Eq. 6); None means 1 with networks and 0
     without (0 keeps the fixed point at the maximum likelihood estimate).
     """
@@ -36,12 +45,15 @@ class FitConfig:
     draws: int = 4
     burn_in: int = 1
     sampler: str = "whitened"
+    max_tree_depth: int | None = None
     penalty: float | None = None
     patience: int = 10
     validation_fraction: float = 0.1
     tolerance: float = 2e-3
     window: int = 10
     average_epochs: int = 40
+    max_average_epochs: int = 400
+    mcse_target: float = 0.02
     final_epochs: int = 150
     seed: int = 0
     device: str = "auto"
@@ -54,11 +66,14 @@ class FitConfig:
             "draws": self.draws >= 1,
             "burn_in": 0 <= self.burn_in < self.draws,
             "sampler": self.sampler in ("whitened", "paper"),
+            "max_tree_depth": self.max_tree_depth is None or 1 <= self.max_tree_depth <= 12,
             "patience": self.patience >= 1,
             "validation_fraction": 0 < self.validation_fraction < 0.5,
             "tolerance": self.tolerance > 0,
             "window": self.window >= 2,
             "average_epochs": self.average_epochs >= 1,
+            "max_average_epochs": self.max_average_epochs >= self.average_epochs,
+            "mcse_target": self.mcse_target > 0,
             "final_epochs": self.final_epochs >= 1,
             "epochs": self.epochs is None or self.epochs >= 1,
             "penalty": self.penalty is None or self.penalty >= 0,
@@ -82,6 +97,12 @@ class FitConfig:
     def max_epochs(self, has_networks: bool) -> int:
         """``epochs`` or its default: 100 with networks, 2000 for a plain GLMM."""
         return self.epochs if self.epochs is not None else (100 if has_networks else 2000)
+
+    def tree_depth(self) -> int:
+        """``max_tree_depth`` or the sampler's default."""
+        if self.max_tree_depth is not None:
+            return self.max_tree_depth
+        return 3 if self.sampler == "whitened" else 10
 
     def penalty_for(self, has_networks: bool) -> float:
         return self.penalty if self.penalty is not None else (1.0 if has_networks else 0.0)

@@ -117,7 +117,9 @@ def _estep(design: Design, index: np.ndarray, family: Family, c: int, config: Fi
     y = response.y[index]
     y = y.astype(np.int32) if family.name == "categorical" else y.astype(np.float32)
     trials = (response.trials[index] if response.trials is not None else np.ones(len(index))).astype(np.float32)
-    sampler = SamplerConfig(kind=config.sampler, num_draws=config.draws, burn_in=config.burn_in)
+    sampler = SamplerConfig(
+        kind=config.sampler, num_draws=config.draws, burn_in=config.burn_in, max_tree_depth=config.tree_depth()
+    )
     return EStep(family, _terms(design, index), y, trials, c, sampler, seed)
 
 
@@ -284,6 +286,10 @@ class _Fit:
 
     def finish(self, averager: Averager, moments: _EffectMoments, converged: bool, epochs: int, **extra) -> FitState:
         covariances, covariance_se, dispersion, dispersion_se = averager.result()
+        beta = averager.reported()[2]
+        if beta is not None:
+            with torch.no_grad():
+                self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
         self.model.eval()
         return FitState(
             family=self.family,
@@ -334,7 +340,15 @@ class _Fit:
                         self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
             self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, time.perf_counter() - t0, **extra)
             if averager.averaging and averager.averaged_epochs >= config.average_epochs:
-                break
+                if averager.averaged_epochs >= config.max_average_epochs:
+                    self.messages.append(
+                        f"Monte Carlo error of the variance components is above {config.mcse_target:.0%} after "
+                        f"{config.max_average_epochs} averaged epochs; see varcorr()['mcse']. "
+                        "Increase max_average_epochs= for tighter estimates."
+                    )
+                    break
+                if averager.averaged_epochs % config.window == 0 and averager.precise(config.mcse_target):
+                    break
             if not averager.averaging and (averager.settled() or epoch - first_epoch >= max_em_epochs):
                 if not averager.settled():
                     settled = False
