@@ -44,7 +44,7 @@ def main() -> None:
     arrays_mb = sum(a.nbytes for a in (result.X_fixed, result.offset, *result.X_networks)) / 2**20
     arrays_mb += sum(r.codes.nbytes + r.Z.nbytes for r in result.random) / 2**20
     dense_z_gb = ROWS * LEVELS * FACTORS * 8 / 2**30
-    print(f"| rows | factors x levels | build s | peak traced MB | design arrays MB | input frame MB | process max RSS MB | dense Z would be GB |")
+    print("| rows | factors x levels | build s | peak traced MB | design arrays MB | input frame MB | process max RSS MB | dense Z would be GB |")
     print("|---|---|---|---|---|---|---|---|")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"| {ROWS:,} | {FACTORS} x {LEVELS:,} | {seconds:.1f} | {peak / 2**20:.0f} | {arrays_mb:.0f} | {data_mb:.0f} | {rss_mb:.0f} | {dense_z_gb:,.0f} |")

@@ -28,7 +28,7 @@ from gmenn_formula.errors import (
     NewLevelWarning,
 )
 from gmenn_formula.formula import parse
-from gmenn_formula.formula.terms import BinomialResponse, Formula, NetworkTerm, RandomTerm
+from gmenn_formula.formula.terms import BinomialResponse, Formula, RandomTerm
 
 NA_ACTIONS = ("omit", "raise")
 

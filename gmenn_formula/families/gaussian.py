@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-import torch
 
 from gmenn_formula.families.base import Family
 
