@@ -65,7 +65,10 @@ def fixef(design: Design, state: FitState) -> pd.DataFrame:
 
 
 def ranef(design: Design, state: FitState, cond_var: bool = True) -> dict[str, pd.DataFrame]:
-    """Per grouping factor: level, term, class, mean (and sd, the posterior sd from the draws)."""
+    """Per grouping factor: level, term, class, mean (and sd, the posterior sd from the draws).
+
+    Keyed by the factor's name, or by the term's text (``"(0 + x | g)"``) when several
+    terms share the factor."""
     classes = class_labels(design, state)
     result = {}
     for r, mean, sd in zip(design.random, state.effect_mean, state.effect_sd):
@@ -80,7 +83,9 @@ def ranef(design: Design, state: FitState, cond_var: bool = True) -> dict[str, p
         )
         if cond_var:
             frame["sd"] = sd.reshape(-1)
-        result[r.name] = frame if classes else frame.drop(columns="class")
+        # Two terms on one factor, e.g. (1 | g) + (0 + x | g), are keyed by their terms.
+        shared = sum(other.name == r.name for other in design.random) > 1
+        result[str(r.term) if shared else r.name] = frame if classes else frame.drop(columns="class")
     return result
 
 

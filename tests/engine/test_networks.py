@@ -65,3 +65,10 @@ def test_formula_without_random_effects_is_refused(data):
 def test_unknown_control_suggests_the_setting(data):
     with pytest.raises(gf.GmennError, match="Did you mean 'epochs'"):
         gf.gmenn("y ~ x0 + (1 | g0)", data, epoch=3)
+
+
+def test_two_terms_on_one_factor_keep_separate_ranef_tables(data):
+    fit = gf.gmenn("y ~ x0 + (1 | g0) + (0 + x1 | g0)", data, epochs=20, average_epochs=5, max_average_epochs=5, verbose=0)
+    tables = fit.ranef()
+    assert set(tables) == {"(1 | g0)", "(0 + x1 | g0)"}
+    assert set(tables["(0 + x1 | g0)"]["term"]) == {"x1"}
