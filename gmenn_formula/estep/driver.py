@@ -31,10 +31,9 @@ class EpochDraws:
     info: sampler.EpochInfo
 
 
-def _cholesky(covariances: np.ndarray) -> np.ndarray:
-    """(c, p, p) lower Cholesky factors of covariances floored at VARIANCE_FLOOR."""
-    p = covariances.shape[-1]
-    return np.linalg.cholesky(covariances + VARIANCE_FLOOR * np.eye(p)).astype(np.float32)
+def _floored(covariances: np.ndarray) -> np.ndarray:
+    """(c, p, p) covariances plus VARIANCE_FLOOR on the diagonal."""
+    return covariances + VARIANCE_FLOOR * np.eye(covariances.shape[-1])
 
 
 class EStep:
@@ -86,7 +85,8 @@ class EStep:
 
     def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float) -> EpochDraws:
         """One epoch of K draws (R dropped) given F (n, c), per term covariances (c, p, p)."""
-        chols = [_cholesky(S) for S in covariances]
+        floored = [_floored(S) for S in covariances]
+        chols = [np.linalg.cholesky(S).astype(np.float32) for S in floored]
         params = ModelParams(
             F=jnp.asarray(F, jnp.float32),
             chols=tuple(jnp.asarray(L) for L in chols),
@@ -94,7 +94,7 @@ class EStep:
         )
         whitening = None
         if self.config.kind == "whitened":
-            precisions = tuple(jnp.asarray(np.linalg.inv(S + VARIANCE_FLOOR * np.eye(S.shape[-1])), jnp.float32) for S in covariances)
+            precisions = tuple(jnp.asarray(np.linalg.inv(S), jnp.float32) for S in floored)
             whitening = self._whitening(self.center, params, precisions)
         self.key, key = jax.random.split(self.key)
         self.state, draws, info = sampler.sample_epoch(

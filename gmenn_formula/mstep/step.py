@@ -122,7 +122,7 @@ def newton_fixed_effects(
     re = random_part(effects, rows).double()
     X, offset = rows.X_fixed.double(), rows.offset.double()
     k, c = beta.shape
-    m = re.shape[0] if torch.is_tensor(re) else 1
+    m = re.shape[0]
     stacked = rows.take(torch.arange(len(rows)).repeat(m))
 
     def linear(flat: torch.Tensor) -> torch.Tensor:

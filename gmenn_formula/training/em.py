@@ -312,16 +312,17 @@ class _Fit:
         )
 
     def settle_then_average(self, estep, rows, covariances, dispersion, max_em_epochs, first_epoch, fit_beta):
-        """EM epochs until the parameters settle (or ``max_em_epochs``), then
-        ``average_epochs`` epochs of stochastic approximation (the averaged iterate is
-        fed back). ``fit_beta``: exact M-step for the linear fixed effects too.
+        """EM epochs until the parameters settle (or ``max_em_epochs``), then at least
+        ``average_epochs`` epochs of stochastic approximation (the SA iterate is fed
+        back; see :mod:`~gmenn_formula.training.averaging`) until the Monte Carlo error
+        is small. ``fit_beta``: exact M-step for the linear fixed effects too.
         Returns the averager, the effect moments, whether EM settled, the last epoch."""
         config = self.config
         averager = Averager(config.window, config.tolerance)
         moments = _EffectMoments(self.shapes, self.max_draws())
         settled = True
         epoch = first_epoch
-        for epoch in range(first_epoch + 1, first_epoch + max_em_epochs + config.average_epochs + 1):
+        for epoch in range(first_epoch + 1, first_epoch + max_em_epochs + config.max_average_epochs + 1):
             draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
             t0 = time.perf_counter()
             extra = {}
@@ -349,9 +350,11 @@ class _Fit:
                     break
                 if averager.averaged_epochs % config.window == 0 and averager.precise(config.mcse_target):
                     break
-            if not averager.averaging and (averager.settled() or epoch - first_epoch >= max_em_epochs):
-                if not averager.settled():
-                    settled = False
+            if not averager.averaging:
+                settled = averager.settled()
+                if not settled and epoch - first_epoch < max_em_epochs:
+                    continue
+                if not settled:
                     self.messages.append(
                         f"EM did not settle within {max_em_epochs} epochs (changes above Monte Carlo noise and "
                         f"tolerance {config.tolerance}); estimates are averages of the following epochs. "

@@ -9,7 +9,7 @@ import gmenn_formula as gf
 from gmenn_formula.errors import ModelSpecificationError, NetworkError
 from gmenn_formula.simulation import simulate
 
-TINY = dict(epochs=3, patience=2, final_epochs=3, average_epochs=2, verbose=0)
+TINY = dict(epochs=3, patience=2, final_epochs=3, average_epochs=2, max_average_epochs=2, verbose=0)
 
 
 @pytest.fixture(scope="module")

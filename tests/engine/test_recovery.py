@@ -70,7 +70,7 @@ def test_network_beats_linear_fixed_part_on_nonlinear_data():
     sim = simulate(rows=5000, features=4, levels=(50,), variances=(0.5,), family="gaussian", noise_variance=0.25, seed=2)
     train, test = sim.data.iloc[:4000], sim.data.iloc[4000:]
     inputs = " + ".join(f"x{j}" for j in range(4))
-    control = dict(epochs=40, patience=5, final_epochs=20, average_epochs=10, verbose=0, seed=1)
+    control = dict(epochs=40, patience=5, final_epochs=20, average_epochs=10, max_average_epochs=10, verbose=0, seed=1)
     network = gf.gmenn(f"y ~ nn({inputs}, hidden=[32, 16], dropout=0) + (1 | g0)", train, **control)
     linear = gf.gmenn(f"y ~ {inputs} + (1 | g0)", train, verbose=0)
     nll_network, nll_linear = held_out_nll(network, test), held_out_nll(linear, test)

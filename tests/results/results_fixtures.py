@@ -16,7 +16,7 @@ from gmenn_formula.training.em import FitState
 
 FAMILIES = ("gaussian", "binomial", "poisson", "categorical")
 KINDS = ("glmm", "nn")
-TINY_CONTROL = {"epochs": 3, "final_epochs": 3, "average_epochs": 2, "patience": 2, "verbose": 0}
+TINY_CONTROL = {"epochs": 3, "final_epochs": 3, "average_epochs": 2, "max_average_epochs": 2, "patience": 2, "verbose": 0}
 """A few epochs: enough to exercise every code path, far too few for good estimates."""
 
 
@@ -86,7 +86,7 @@ def handmade_glmm() -> GmennResult:
         model.beta.copy_(torch.tensor([[250.0], [10.0]]))
     covariance = np.array([[[600.0, 12.0], [12.0, 35.0]]])
     mean, sd, draws = _effects(4, 2, 1, 6, 40.0)
-    config = FitConfig(draws=4, burn_in=1, average_epochs=2, verbose=0)
+    config = FitConfig(draws=4, burn_in=1, average_epochs=2, max_average_epochs=2, verbose=0)
     state = FitState(
         family=get_family("gaussian"),
         num_outputs=1,
@@ -128,7 +128,7 @@ def handmade_categorical_nn() -> GmennResult:
     model = FixedPart([network], 0, 3)
     covariances = [np.array([[[0.25]], [[0.5]], [[0.125]]]), np.array([[[1e-4]], [[0.75]], [[0.0625]]])]
     means, sds, draws = zip(_effects(3, 1, 3, 6, 1.0), _effects(2, 1, 3, 6, 2.0))
-    config = FitConfig(draws=4, burn_in=1, average_epochs=2, final_epochs=3, verbose=0)
+    config = FitConfig(draws=4, burn_in=1, average_epochs=2, max_average_epochs=2, final_epochs=3, verbose=0)
     state = FitState(
         family=get_family("categorical"),
         num_outputs=3,
