@@ -12,7 +12,7 @@ dense (n, p) array: memory is O(n * p), never a dense (n, q) matrix.
 
 from gmenn_formula.design.grouping import NEW_LEVEL, GroupingFactor
 from gmenn_formula.design.response import FAMILIES, ResponseData
-from gmenn_formula.design.spec import Design, DesignSpec, RandomEffectDesign, describe, design
+from gmenn_formula.design.spec import Design, DesignSpec, RandomEffectDesign, RandomSpec, describe, design
 
 __all__ = [
     "FAMILIES",
@@ -21,6 +21,7 @@ __all__ = [
     "DesignSpec",
     "GroupingFactor",
     "RandomEffectDesign",
+    "RandomSpec",
     "ResponseData",
     "describe",
     "design",

@@ -91,7 +91,10 @@ class Design:
 
 
 @dataclass(frozen=True)
-class _RandomSpec:
+class RandomSpec:
+    """The learned encoding of one random-effect term: its grouping factor's
+    levels and the slope columns (re-applied to new data by ``DesignSpec.apply``)."""
+
     term: RandomTerm
     factor: GroupingFactor
     slopes: ParametricBlock
@@ -108,7 +111,7 @@ class DesignSpec:
     offsets: tuple[ParametricBlock, ...]
     networks: tuple[ParametricBlock, ...]
     network_inputs: tuple[tuple[str, ...], ...]
-    random: tuple[_RandomSpec, ...]
+    random: tuple[RandomSpec, ...]
 
     @property
     def network_names(self) -> tuple[tuple[str, ...], ...]:
@@ -189,7 +192,7 @@ def design(formula: str | Formula, data: pd.DataFrame, family: str | None = None
     for term in parsed.random:
         factor, codes = GroupingFactor.learn(term.group, clean)
         slopes, Z = ParametricBlock.learn(term.slopes, term.intercept, clean, _slope_role(term))
-        spec_part = _RandomSpec(term, factor, slopes)
+        spec_part = RandomSpec(term, factor, slopes)
         random_specs.append(spec_part)
         random_designs.append(_random_design(spec_part, codes, Z))
     spec = DesignSpec(
@@ -341,5 +344,5 @@ def _sum_offsets(matrices: list[np.ndarray], num_rows: int) -> np.ndarray:
     return total
 
 
-def _random_design(part: _RandomSpec, codes: np.ndarray, Z: np.ndarray) -> RandomEffectDesign:
+def _random_design(part: RandomSpec, codes: np.ndarray, Z: np.ndarray) -> RandomEffectDesign:
     return RandomEffectDesign(term=part.term, factor=part.factor, term_names=part.slopes.names, codes=codes, Z=Z)

@@ -34,11 +34,10 @@ from formulae.categorical import CategoricalBox
 from formulae.terms.call import Call
 from formulae.terms.call_resolver import LazyCall, LazyOperator
 
-from gmenn_formula.design import DesignSpec
+from gmenn_formula.design import DesignSpec, RandomSpec
 from gmenn_formula.design.columns import NAMESPACE, ParametricBlock, variables
 from gmenn_formula.design.grouping import GroupingFactor
 from gmenn_formula.design.response import ResponseCoder
-from gmenn_formula.design.spec import _RandomSpec
 from gmenn_formula.errors import UnsupportedSaveError
 from gmenn_formula.formula import parse
 
@@ -264,7 +263,7 @@ def spec_from_json(data: dict) -> DesignSpec:
     networks = tuple(blocks[1 + num_offsets : 1 + num_offsets + num_networks])
     slopes = blocks[1 + num_offsets + num_networks :]
     random = tuple(
-        _RandomSpec(term, GroupingFactor(tuple(grouping["columns"]), _index_from_json(grouping["levels"])), block)
+        RandomSpec(term, GroupingFactor(tuple(grouping["columns"]), _index_from_json(grouping["levels"])), block)
         for term, grouping, block in zip(formula.random, data["grouping"], slopes)
     )
     return DesignSpec(
