@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -22,6 +23,13 @@ DEFAULT_DROPOUT = 0.25
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU, "sigmoid": nn.Sigmoid}
 
 
+class _NetworkOptions(Protocol):
+    hidden: tuple[int, ...] | None
+    dropout: float | None
+    activation: str | None
+    net: str | None
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     """Options of one ``nn()`` term (None: the default)."""
@@ -30,6 +38,12 @@ class NetworkSpec:
     dropout: float | None = None
     activation: str | None = None
     net: str | None = None
+
+    @classmethod
+    def from_term(cls, term: _NetworkOptions) -> NetworkSpec:
+        """The options of a formula's ``nn()`` term (any object with these four attributes,
+        so this stage needs no import of the formula stage)."""
+        return cls(term.hidden, term.dropout, term.activation, term.net)
 
 
 def mlp(inputs: int, outputs: int, hidden: tuple[int, ...], dropout: float, activation: str) -> nn.Sequential:

@@ -207,7 +207,7 @@ def _networks(spec: DesignSpec, c: int, nets: Mapping | None) -> list[nn.Module]
             )
     copies = {name: copy.deepcopy(entry) if isinstance(entry, nn.Module) else entry for name, entry in nets.items()}
     return [
-        build_network(NetworkSpec(term.hidden, term.dropout, term.activation, term.net), len(block.names), c, copies)
+        build_network(NetworkSpec.from_term(term), len(block.names), c, copies)
         for term, block in zip(spec.formula.networks, spec.networks)
     ]
 

@@ -215,7 +215,7 @@ def fit_design(
     drop_intercept = has_networks and design.fixed_names[:1] == ("(Intercept)",)
     keep_fixed = design.fixed_names[1:] if drop_intercept else design.fixed_names
     networks = [
-        build_network(NetworkSpec(t.hidden, t.dropout, t.activation, t.net), X.shape[1], c, nets)
+        build_network(NetworkSpec.from_term(t), X.shape[1], c, nets)
         for t, X in zip(design.spec.formula.networks, design.X_networks)
     ]
     model = FixedPart(networks, len(keep_fixed), c).to(device)

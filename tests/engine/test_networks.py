@@ -72,3 +72,12 @@ def test_two_terms_on_one_factor_keep_separate_ranef_tables(data):
     tables = fit.ranef()
     assert set(tables) == {"(1 | g0)", "(0 + x1 | g0)"}
     assert set(tables["(0 + x1 | g0)"]["term"]) == {"x1"}
+
+
+def test_network_spec_from_term_reads_the_nn_options():
+    from gmenn_formula.mstep.networks import NetworkSpec
+
+    (term,) = gf.parse("y ~ nn(x0 + x1, hidden=[7, 5], dropout=0.5, activation='tanh', net='mine') + (1 | g0)").networks
+    assert NetworkSpec.from_term(term) == NetworkSpec((7, 5), 0.5, "tanh", "mine")
+    (default,) = gf.parse("y ~ nn(x0) + (1 | g0)").networks
+    assert NetworkSpec.from_term(default) == NetworkSpec()
