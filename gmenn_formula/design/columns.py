@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from formulae import design_matrices, model_description
+from formulae.terms.call import Call
+from formulae.terms.call_resolver import LazyCall, LazyOperator, LazyVariable
 
 from gmenn_formula.errors import ColumnNotFoundError, DataError
 
@@ -24,8 +26,36 @@ _LEVELS_NOT_PRESENT = re.compile(r"The levels? \((?P<levels>.*)\) in '(?P<term>.
 
 
 def variables(expr: str) -> set[str]:
-    """Data column names an expression (formulae syntax) reads, e.g. ``np.log(t)`` -> ``{"t"}``."""
-    return {name for name in model_description(expr).var_names if name}
+    """Data column names an expression (formulae syntax) reads, e.g. ``np.log(t)`` -> ``{"t"}``,
+    ``C(x, Sum)`` -> ``{"x"}``."""
+    return {name for term in model_description(expr).terms for component in getattr(term, "components", ()) for name in component_variables(component)}
+
+
+def component_variables(component: object) -> set[str]:
+    """Data column names one formulae component (a Variable or Call) reads.
+
+    formulae lists every bare name of a call among its variables, also the
+    contrast of ``C(x, Sum)``, which it looks up among its own transforms; such
+    names are not columns.
+    """
+    names = {name for name in component.var_names if name}
+    if isinstance(component, Call):
+        names -= _contrast_names(component.call)
+    return names
+
+
+def _contrast_names(node: object) -> set[str]:
+    """Bare names passed to ``C()`` after its data argument (``Sum``, ``Treatment``, ``contr=Sum``)."""
+    names: set[str] = set()
+    if isinstance(node, LazyCall):
+        if node.callee == "C":
+            names |= {arg.name for arg in [*node.args[1:], *node.kwargs.values()] if isinstance(arg, LazyVariable)}
+        for arg in [*node.args, *node.kwargs.values()]:
+            names |= _contrast_names(arg)
+    elif isinstance(node, LazyOperator):
+        for arg in node.args:
+            names |= _contrast_names(arg)
+    return names
 
 
 def check_columns(names: set[str], data: pd.DataFrame, role: str) -> None:

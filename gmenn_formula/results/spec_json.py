@@ -35,7 +35,7 @@ from formulae.terms.call import Call
 from formulae.terms.call_resolver import LazyCall, LazyOperator
 
 from gmenn_formula.design import DesignSpec, RandomSpec
-from gmenn_formula.design.columns import NAMESPACE, ParametricBlock, variables
+from gmenn_formula.design.columns import NAMESPACE, ParametricBlock, component_variables, variables
 from gmenn_formula.design.grouping import GroupingFactor
 from gmenn_formula.design.response import ResponseCoder
 from gmenn_formula.errors import UnsupportedSaveError
@@ -155,7 +155,7 @@ def _synthetic_columns(matrix, formula: str) -> dict[str, list | None]:
     """Per variable read by a block: the training levels when it feeds a categorical component, else None."""
     columns: dict[str, list | None] = {name: None for name in sorted(variables(formula))}
     for _, component in _components(matrix):
-        names = component.var_names
+        names = component_variables(component)
         if component.kind == "categoric" and len(names) == 1:
             (name,) = names
             if columns.get(name) is None:

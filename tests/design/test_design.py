@@ -119,6 +119,18 @@ def test_new_levels_get_sentinel_and_count(data):
         d.spec.apply(new, allow_new_levels=False)
 
 
+def test_sum_contrast_is_not_read_as_a_column(data):
+    from gmenn_formula.design.columns import variables
+    from gmenn_formula.results.spec_json import check_rebuilt, spec_from_json, spec_to_json
+
+    assert variables("C(g, Sum)") == variables("C(g, contr=Sum)") == {"g"}
+    d = quiet_design("y ~ C(g, Sum) + C(h, Treatment('v')) + (1 | h)", data)
+    assert d.fixed_names == ("(Intercept)", "C(g, Sum)[a]", "C(g, Sum)[b]", 'C(h, Treatment("v"))[u]')
+    assert d.X_fixed[:, 1:3].tolist() == [[0, 1], [1, 0], [0, 1], [-1, -1], [1, 0], [-1, -1]]  # level c codes -1, -1
+    check_rebuilt(d.spec, spec_from_json(spec_to_json(d.spec)))  # survives a model file
+    np.testing.assert_array_equal(d.spec.apply(data.iloc[[3]]).X_fixed, d.X_fixed[[3]])
+
+
 def test_new_data_without_response(data):
     d = quiet_design("y ~ x + (1 | g)", data)
     nd = d.spec.apply(data.drop(columns="y"))
