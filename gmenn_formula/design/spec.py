@@ -124,12 +124,17 @@ class DesignSpec:
         require_response: bool = False,
         allow_new_levels: bool = True,
         na_action: str = "omit",
+        with_random_effects: bool = True,
     ) -> Design:
         """Design of new data with the training encodings.
 
         The response is encoded when its columns are present (or required).
         Unseen grouping levels get NEW_LEVEL and are counted in
-        ``Design.new_levels``; with ``allow_new_levels=False`` they raise NewLevelError.
+        ``Design.new_levels``, with a NewLevelWarning; with
+        ``allow_new_levels=False`` they raise NewLevelError.
+        ``with_random_effects=False``: the caller leaves the random effects out
+        (lme4's ``re.form = NA``), so unseen levels are neither warned about
+        nor refused (they are still coded NEW_LEVEL and counted).
         """
         _check_frame(data)
         has_response = require_response or variables_of_response(self.formula) <= set(data.columns)
@@ -142,7 +147,7 @@ class DesignSpec:
             unseen = int((codes == NEW_LEVEL).sum())
             if unseen:
                 example = clean.loc[codes == NEW_LEVEL, list(part.factor.columns)].iloc[0].tolist()
-                if not allow_new_levels:
+                if not allow_new_levels and with_random_effects:
                     raise NewLevelError(
                         f"{unseen} row(s) of the new data have levels of {part.factor.name!r} unseen in training "
                         f"(e.g. {':'.join(map(str, example))!r}). Pass allow_new_levels=True to predict them at the "
@@ -150,7 +155,7 @@ class DesignSpec:
                     )
                 new_levels[part.factor.name] = unseen
             random.append(_random_design(part, codes, part.slopes.apply(clean, _slope_role(part.term))))
-        if new_levels:
+        if new_levels and with_random_effects:
             summary = ", ".join(f"{name}: {count} row(s)" for name, count in new_levels.items())
             warnings.warn(f"Levels unseen in training get no random effect ({summary}).", NewLevelWarning, stacklevel=2)
         return Design(

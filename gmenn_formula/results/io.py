@@ -78,13 +78,13 @@ class LoadedResult(GmennResult):
         """Rows used in the fit (stored in the file)."""
         return self._nobs
 
-    def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool) -> Design:
+    def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool, with_random_effects: bool = True) -> Design:
         if newdata is None:
             raise NoTrainingDataError(
                 "This model was loaded from a file, which does not keep the training rows, so fitted values, "
                 "residuals and predictions without newdata are unavailable; pass newdata= (e.g. the training data frame)."
             )
-        return super()._design_for(newdata, allow_new_levels)
+        return super()._design_for(newdata, allow_new_levels, with_random_effects)
 
     def summary(self) -> Summary:
         return _SavedSummary(self)

@@ -68,10 +68,11 @@ class GmennResult:
         return result
 
     # -- prediction ---------------------------------------------------------
-    def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool) -> Design:
+    def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool, with_random_effects: bool = True) -> Design:
+        """The fitting design, or ``newdata``'s; ``with_random_effects=False``: unseen levels do not matter."""
         if newdata is None:
             return self.design
-        return self.spec.apply(newdata, allow_new_levels=allow_new_levels)
+        return self.spec.apply(newdata, allow_new_levels=allow_new_levels, with_random_effects=with_random_effects)
 
     def _linear_predictor(self, design: Design, include_random: bool) -> np.ndarray:
         """(n, c) eta on a design; levels unseen in training get 0."""
@@ -106,12 +107,14 @@ class GmennResult:
         and binomial). ``re_form``: None includes the random effects, "~0" or
         "NA" the population level only. Unseen levels get effect 0 (lme4's
         ``allow.new.levels``); with ``allow_new_levels=False`` they raise NewLevelError.
+        With ``re_form="~0"`` no random effect is used, so unseen levels are
+        neither warned about nor refused.
         """
         if type not in PREDICT_TYPES:
             raise DataError(f"type must be one of {PREDICT_TYPES}, not {type!r}.")
         if re_form not in (None, "~0", "~ 0", "NA"):
             raise DataError(f"re_form must be None (all random effects) or '~0' (none), not {re_form!r}.")
-        design = self._design_for(newdata, allow_new_levels)
+        design = self._design_for(newdata, allow_new_levels, with_random_effects=re_form is None)
         eta = self._linear_predictor(design, include_random=re_form is None)
         index = design.rows
         if type == "link":

@@ -93,7 +93,8 @@ def simulate(
     if re_form is not None and re_form not in UNCONDITIONAL:
         raise DataError(f"re_form must be '~0' (new random effects, lme4's default) or None (the fitted effects), not {re_form!r}.")
     frame = None if newdata is None else newdata.reset_index(drop=True)  # positions make rows of duplicated labels distinct
-    design = result._design_for(frame, allow_new_levels=True)
+    # Unconditional simulation draws new effects for every level: unseen levels need no warning.
+    design = result._design_for(frame, allow_new_levels=True, with_random_effects=re_form is None)
     rng = np.random.default_rng(seed)
     fixed = result._linear_predictor(design, include_random=False)
     eta = fixed[None] + _random_part(result, design, frame, nsim, re_form is None, rng)

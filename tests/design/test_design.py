@@ -119,6 +119,15 @@ def test_new_levels_get_sentinel_and_count(data):
         d.spec.apply(new, allow_new_levels=False)
 
 
+def test_new_levels_do_not_matter_without_random_effects(data):
+    d = quiet_design("y ~ x + (1 | g)", data)
+    new = data.iloc[:3].assign(g=["a", "zzz", "zzz"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NewLevelWarning)
+        nd = d.spec.apply(new, allow_new_levels=False, with_random_effects=False)
+    assert nd.random[0].codes.tolist() == [0, NEW_LEVEL, NEW_LEVEL] and nd.new_levels == {"g": 2}
+
+
 def test_sum_contrast_is_not_read_as_a_column(data):
     from gmenn_formula.design.columns import variables
     from gmenn_formula.results.spec_json import check_rebuilt, spec_from_json, spec_to_json

@@ -59,8 +59,9 @@ def test_predict_new_levels_at_population_level(case) -> None:
     with pytest.warns(NewLevelWarning, match="g0: 5 row"):
         full = np.asarray(result.predict(new))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NewLevelWarning)
+        warnings.simplefilter("error", NewLevelWarning)  # re_form="~0" uses no random effect: nothing to warn about
         population = np.asarray(result.predict(new, re_form="~0"))
+        assert np.asarray(result.predict(new, re_form="~0", allow_new_levels=False)).shape == population.shape
     np.testing.assert_allclose(full[:5], population[:5])  # unseen levels: effect 0
     assert not np.allclose(full[5:], population[5:])  # seen levels carry their effects
     assert full.shape[0] == 20
