@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench bench-lme4 bench-lme4-full r-lme4 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,26 @@ bench: $(STAMP)
 	$(PY) benchmarks/sampler_mixing.py
 	$(PY) benchmarks/epoch_cost.py
 	$(PY) benchmarks/engine_scale.py
+
+# Benchmark extras (GPBoost, psutil) and R with lme4 (Debian packages; OpenBLAS makes lmer several times faster).
+BENCH_STAMP := $(VENV)/.bench-installed
+R_PACKAGES := r-base-core r-cran-lme4 libopenblas0-pthread
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+r-lme4:
+	@if Rscript -e 'suppressPackageStartupMessages(library(lme4))' >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(R_PACKAGES); \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(R_PACKAGES); \
+	else echo "R/lme4 missing and no root: install $(R_PACKAGES); the benchmark reports lme4 as not installed"; fi
+
+bench-lme4: $(BENCH_STAMP) r-lme4
+	$(PY) benchmarks/glmm_vs_lme4.py
+
+bench-lme4-full: $(BENCH_STAMP) r-lme4
+	$(PY) benchmarks/glmm_vs_lme4.py --full
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

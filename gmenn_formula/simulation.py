@@ -28,6 +28,8 @@ class Simulated:
     ``variances``: (L, C) true per-class variances. ``effects``: L arrays (q_l, C).
     ``fixed_eta``: (n, C) f(X). ``probabilities``: (n, C) true class
     probabilities (categorical/binomial) or None. ``formula``: the model to fit.
+    ``beta``: (D, C) true feature weights in ``Xb = intercept + X beta`` (with
+    ``nonlinear=False``, the true fixed-effect slopes).
     """
 
     data: pd.DataFrame
@@ -36,6 +38,7 @@ class Simulated:
     fixed_eta: np.ndarray
     probabilities: np.ndarray | None
     formula: str
+    beta: np.ndarray | None = None
 
 
 def simulate(
@@ -104,4 +107,5 @@ def simulate(
         fixed_eta=fixed_eta,
         probabilities=probabilities,
         formula=f"y ~ {f'nn({inputs})' if nonlinear else inputs} + {groups}",
+        beta=beta,
     )
