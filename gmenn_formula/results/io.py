@@ -5,8 +5,9 @@ The file (``.gmenn`` by convention) is one zip archive, format version 1:
 - ``model.json``: ``format``, ``format_version``, ``written_by``; the design spec
   (formula, family, response classes, grouping levels, formulae encodings: see
   :mod:`gmenn_formula.results.spec_json`); the fit's scalars and settings; the
-  number of rows and the scaled-residual quantiles of the summary; the
-  per-epoch history (scalars).
+  number of rows, the scaled-residual quantiles of the summary and its
+  log-likelihood (``data.loglik``, optional: files written before it was
+  added print no fit criteria); the per-epoch history (scalars).
 - ``weights.safetensors``: the torch state of the fixed part (networks, beta).
 - ``arrays.safetensors``: per random-effect term l, ``covariances/l`` (c, p, p),
   ``covariance_se/l`` (c, p, p), ``effect_mean/l`` and ``effect_sd/l`` (q, p, c),
@@ -41,6 +42,7 @@ from gmenn_formula.design import Design, DesignSpec, RandomEffectDesign
 from gmenn_formula.errors import MissingNetworkError, ModelFileError, ModelVersionError, NetworkError, NoTrainingDataError
 from gmenn_formula.families import get_family
 from gmenn_formula.mstep.networks import FixedPart, NetworkSpec, build_network
+from gmenn_formula.results.likelihood import LogLik
 from gmenn_formula.results.result import GmennResult
 from gmenn_formula.results.spec_json import check_rebuilt, decode_value, encode_value, spec_from_json, spec_to_json
 from gmenn_formula.results.summary import Summary
@@ -86,6 +88,16 @@ class LoadedResult(GmennResult):
             )
         return super()._design_for(newdata, allow_new_levels, with_random_effects)
 
+    def loglik(self, method: str = "auto", draws: int | None = None, seed: int | None = None) -> LogLik:
+        """The log-likelihood stored in the file (computed at save time with the default arguments)."""
+        stored = self._logliks.get(("auto", None, None))
+        if stored is None or (method, draws, seed) != ("auto", None, None):
+            raise NoTrainingDataError(
+                "This model was loaded from a file, which does not keep the training rows; the log-likelihood "
+                + ("was not stored in it (an older file)." if stored is None else "is stored only for the default loglik() arguments.")
+            )
+        return stored
+
     def summary(self) -> Summary:
         return _SavedSummary(self)
 
@@ -110,7 +122,9 @@ def save(result: GmennResult, path: str | os.PathLike) -> Path:
     spec_json = spec_to_json(result.spec)
     check_rebuilt(result.spec, spec_from_json(json.loads(json.dumps(spec_json))))
     state = result.state
-    residuals = result.summary().scaled_residuals()
+    summary = result.summary()
+    residuals = summary.scaled_residuals()
+    loglik = summary.loglik()
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -124,6 +138,7 @@ def save(result: GmennResult, path: str | os.PathLike) -> Path:
             "nobs": result.nobs,
             "num_dropped": result.design.num_dropped,
             "scaled_residuals": None if residuals is None else {"columns": list(residuals.columns), "rows": residuals.values.tolist()},
+            "loglik": None if loglik is None else loglik.to_dict(),
         },
         "history": [{k: encode_value(v, "history") for k, v in entry.items() if k != "covariances"} for entry in state.history],
     }
@@ -237,7 +252,10 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> L
     )
     residuals = meta["data"]["scaled_residuals"]
     table = None if residuals is None else pd.DataFrame(residuals["rows"], columns=residuals["columns"])
-    return LoadedResult(_structure(spec, meta["data"]["num_dropped"]), state, int(meta["data"]["nobs"]), table)
+    loaded = LoadedResult(_structure(spec, meta["data"]["num_dropped"]), state, int(meta["data"]["nobs"]), table)
+    if meta["data"].get("loglik") is not None:
+        loaded._logliks["auto", None, None] = LogLik.from_dict(meta["data"]["loglik"])
+    return loaded
 
 
 def _structure(spec: DesignSpec, num_dropped: int) -> Design:

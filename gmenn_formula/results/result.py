@@ -11,6 +11,7 @@ import torch
 from gmenn_formula.design import Design
 from gmenn_formula.errors import DataError
 from gmenn_formula.results import tables
+from gmenn_formula.results.likelihood import LogLik, marginal_loglik
 from gmenn_formula.training.em import FitState
 
 PREDICT_CHUNK = 65_536
@@ -23,7 +24,8 @@ class GmennResult:
     """A fitted generalized mixed effects neural network.
 
     Tables: :meth:`varcorr`, :meth:`fixef`, :meth:`ranef`, :meth:`coef`,
-    :meth:`ngrps`, :attr:`history`; prediction: :meth:`predict`,
+    :meth:`ngrps`, :attr:`history`; fit criteria: :meth:`loglik`,
+    :meth:`aic`, :meth:`bic`; prediction: :meth:`predict`,
     :meth:`fitted`, :meth:`residuals`; printing: :meth:`summary`.
     """
 
@@ -33,6 +35,7 @@ class GmennResult:
         self.spec = design.spec
         self.formula = design.spec.formula
         self.family = state.family
+        self._logliks: dict[tuple, LogLik] = {}
 
     # -- tables -------------------------------------------------------------
     @property
@@ -66,6 +69,36 @@ class GmennResult:
             merged["estimate"] = merged["mean"] + merged["estimate"].fillna(0.0)
             result[name] = merged.drop(columns="mean")
         return result
+
+    # -- fit criteria ---------------------------------------------------------
+    def loglik(self, method: str = "auto", draws: int | None = None, seed: int | None = None) -> LogLik:
+        """Marginal log-likelihood of the fitting rows: log p(y | fitted fixed part, covariances),
+        the random effects integrated out, the network output F held fixed.
+
+        Estimator (``method="auto"``): exact for gaussian (closed form; crossed
+        factors up to a size limit); importance sampling per level when every
+        random term shares one grouping factor (accurate); joint importance
+        sampling over all effects for crossed factors (high variance with many
+        levels: read ``.se`` and ``.ess``). Returns a :class:`LogLik`, a float
+        carrying ``se`` (Monte Carlo standard error, 0 when exact), ``method``,
+        ``df``, ``nobs``, ``ess``. ``draws``: importance draws per estimate;
+        ``seed``: their seed (None: the fit's). Cached per argument set.
+        Details: :mod:`gmenn_formula.results.likelihood`.
+        """
+        key = (method, draws, seed)
+        if key not in self._logliks:
+            F = self._linear_predictor(self.design, include_random=False)
+            seed = self.state.config.seed if seed is None else seed
+            self._logliks[key] = marginal_loglik(self.design, self.state, F, method, draws, seed)
+        return self._logliks[key]
+
+    def aic(self, **kwargs) -> float:
+        """-2 logLik + 2 df (df as lme4 counts, plus the networks' weights); ``kwargs`` go to :meth:`loglik`."""
+        return self.loglik(**kwargs).aic
+
+    def bic(self, **kwargs) -> float:
+        """-2 logLik + df log(nobs); ``kwargs`` go to :meth:`loglik`."""
+        return self.loglik(**kwargs).bic
 
     # -- prediction ---------------------------------------------------------
     def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool, with_random_effects: bool = True) -> Design:

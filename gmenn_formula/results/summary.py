@@ -1,6 +1,7 @@
 """``summary()``: the tidy tables printed in lme4's order and layout.
 
-Sections: method and family(link), formula, data; scaled residuals; random
+Sections: method and family(link), formula, data; fit criteria (AIC, BIC,
+logLik, deviance, df.resid, with the log-likelihood's estimator); scaled residuals; random
 effects (Groups, Name, Variance, Std.Dev., Corr; one block per class for
 categorical); number of obs and levels; fixed effects; the network; E-step
 diagnostics; convergence. Text for the console, HTML for notebooks.
@@ -13,6 +14,7 @@ import html
 import numpy as np
 import pandas as pd
 
+from gmenn_formula.errors import NoTrainingDataError
 from gmenn_formula.training.em import FitState
 
 SAMPLER_NAMES = {"whitened": "NUTS on per-level whitened effects", "paper": "NUTS, identity mass (paper)"}
@@ -93,6 +95,32 @@ class Summary:
             return wide.map(_fmt).reset_index().rename(columns={"term": ""})
         return pd.DataFrame({"": table["term"], "Estimate": table["estimate"].map(_fmt)})
 
+    def loglik(self):
+        """The fit's :class:`~gmenn_formula.results.likelihood.LogLik`, or None when it cannot be computed
+        (a model loaded from a file written without it)."""
+        try:
+            return self.result.loglik()
+        except NoTrainingDataError:
+            return None
+
+    def fit_criteria(self) -> pd.DataFrame | None:
+        """lme4's AIC, BIC, logLik, deviance, df.resid row (rounded to 0.1 as lme4 prints)."""
+        loglik = self.loglik()
+        if loglik is None:
+            return None
+        values = [loglik.aic, loglik.bic, float(loglik), loglik.deviance]
+        return pd.DataFrame(
+            [[f"{v:.1f}" for v in values] + [str(loglik.nobs - loglik.df)]],
+            columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
+        )
+
+    def criteria_lines(self) -> list[str]:
+        criteria = self.fit_criteria()
+        if criteria is None:
+            return []
+        first, *rest = self.loglik().describe()
+        return [_table(criteria), f" logLik: {first}", *(f"  {line}" for line in rest)]
+
     def scaled_residuals(self) -> pd.DataFrame | None:
         if self.result.family.name == "categorical":
             return None
@@ -149,6 +177,9 @@ class Summary:
     def __str__(self) -> str:
         result = self.result
         lines = self.header() + [""]
+        criteria = self.criteria_lines()
+        if criteria:
+            lines += criteria + [""]
         residuals = self.scaled_residuals()
         if residuals is not None:
             lines += ["Scaled residuals:", _table(residuals), ""]
@@ -172,7 +203,11 @@ class Summary:
         return str(self)
 
     def _repr_html_(self) -> str:
-        parts = [f"<pre>{html.escape(chr(10).join(self.header()))}</pre>", "<b>Random effects</b>"]
+        parts = [f"<pre>{html.escape(chr(10).join(self.header()))}</pre>"]
+        criteria = self.fit_criteria()
+        if criteria is not None:
+            parts += [criteria.to_html(index=False), f"<pre>{html.escape(chr(10).join(self.criteria_lines()[1:]))}</pre>"]
+        parts.append("<b>Random effects</b>")
         for key, block in self.random_effects().items():
             if key is not None:
                 parts.append(f"<i>class {html.escape(str(key))}</i>")

@@ -38,5 +38,6 @@ def test_loaded_model_prints_the_same_summary(fixture: str, request: pytest.Fixt
 
 def test_html_summary_has_the_tables(categorical_result) -> None:
     html = categorical_result.summary()._repr_html_()
-    assert html.count("<table") == 3  # one random-effects block per class, no fixed effects
+    assert html.count("<table") == 4  # fit criteria, one random-effects block per class, no fixed effects
+    assert "logLik" in html and "joint importance sampling" in html
     assert "class mid" in html and "MLP 2-3" in html
