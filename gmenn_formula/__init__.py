@@ -19,6 +19,7 @@ from gmenn_formula.api import gmenn  # noqa: E402  isort: skip
 from gmenn_formula.results.result import GmennResult  # noqa: E402  isort: skip
 from gmenn_formula.results.io import load  # noqa: E402  isort: skip
 from gmenn_formula.training.config import FitConfig  # noqa: E402  isort: skip
+from gmenn_formula.estimator import GMENN  # noqa: E402  isort: skip
 
-__all__ = ["Design", "DesignSpec", "FitConfig", "GmennError", "GmennResult", "design", "gmenn", "load", "parse"]
+__all__ = ["GMENN", "Design", "DesignSpec", "FitConfig", "GmennError", "GmennResult", "design", "gmenn", "load", "parse"]
 __version__ = "0.1.0"

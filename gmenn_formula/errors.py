@@ -113,3 +113,7 @@ class MissingNetworkError(NetworkError):
 
 class NoTrainingDataError(GmennError, ValueError):
     """A verb needs the training rows, which a model loaded from a file does not keep."""
+
+
+class NotFittedError(GmennError, ValueError, AttributeError):
+    """A ``GMENN`` estimator was asked to predict before ``fit`` (as scikit-learn's NotFittedError)."""
