@@ -40,7 +40,7 @@ def ignore_epoch_seconds(design, batch_size: int) -> float:
     times = []
     for _ in range(EPOCHS):
         start = time.perf_counter()
-        train_epoch(model, optimizer, get_family("categorical"), rows, (), 1.0, 0.0, batch_size, generator)
+        train_epoch(model, optimizer, get_family("categorical"), rows, None, 1.0, batch_size, generator)
         times.append(time.perf_counter() - start)
     return float(np.mean(times[1:]))
 

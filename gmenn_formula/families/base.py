@@ -1,7 +1,7 @@
 """The family interface: one response distribution and its link, in every backend.
 
 Each family gives the same log-likelihood three ways: a PyMC observed variable
-(the E-step model), a torch per-row negative log-likelihood (the M-step loss)
+(the E-step model), a torch per-row negative log-likelihood (the M-step loss) with its Fisher diagonal
 and a JAX per-row Fisher information (the E-step sampler's preconditioner).
 Shapes: ``eta`` (n, c) linear predictor, ``y`` (n,), ``trials`` (n,).
 """
@@ -33,6 +33,11 @@ class Family(ABC):
     @abstractmethod
     def torch_nll(self, eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, dispersion: float) -> torch.Tensor:
         """(n,) negative log-likelihood of each row, constants included."""
+
+    @abstractmethod
+    def torch_fisher_diagonal(self, eta: torch.Tensor, trials: torch.Tensor, dispersion: float) -> torch.Tensor:
+        """(n, c) diagonal of each row's Fisher information in ``eta``; with these canonical
+        links it equals the diagonal of the NLL's Hessian."""
 
     @abstractmethod
     def jax_fisher(self, eta, trials, dispersion):

@@ -23,6 +23,10 @@ class Binomial(Family):
         log_choose = torch.lgamma(trials + 1) - torch.lgamma(y + 1) - torch.lgamma(trials - y + 1)
         return -(y * torch.nn.functional.logsigmoid(logit) + (trials - y) * torch.nn.functional.logsigmoid(-logit) + log_choose)
 
+    def torch_fisher_diagonal(self, eta, trials, dispersion):
+        p = torch.sigmoid(eta)
+        return trials[:, None] * p * (1.0 - p)
+
     def jax_fisher(self, eta, trials, dispersion):
         p = jax.nn.sigmoid(eta[:, 0])
         return (trials * p * (1.0 - p))[:, None, None]

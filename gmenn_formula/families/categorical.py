@@ -25,6 +25,10 @@ class Categorical(Family):
     def torch_nll(self, eta, y, trials, dispersion):
         return torch.nn.functional.cross_entropy(eta, y.long(), reduction="none")
 
+    def torch_fisher_diagonal(self, eta, trials, dispersion):
+        p = torch.softmax(eta, dim=-1)
+        return p * (1.0 - p)
+
     def jax_fisher(self, eta, trials, dispersion):
         p = jax.nn.softmax(eta, axis=-1)
         return jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+import torch
 
 from gmenn_formula.families.base import Family
 
@@ -22,6 +23,9 @@ class Gaussian(Family):
 
     def torch_nll(self, eta, y, trials, dispersion):
         return 0.5 * (math.log(2 * math.pi * dispersion) + (y - eta[:, 0]) ** 2 / dispersion)
+
+    def torch_fisher_diagonal(self, eta, trials, dispersion):
+        return torch.full_like(eta, 1.0 / dispersion)
 
     def jax_fisher(self, eta, trials, dispersion):
         return jnp.full((eta.shape[0], 1, 1), 1.0 / dispersion, dtype=eta.dtype)

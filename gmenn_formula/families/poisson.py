@@ -22,6 +22,9 @@ class Poisson(Family):
         log_mu = eta[:, 0]
         return torch.exp(log_mu) - y * log_mu + torch.lgamma(y + 1)
 
+    def torch_fisher_diagonal(self, eta, trials, dispersion):
+        return torch.exp(eta)
+
     def jax_fisher(self, eta, trials, dispersion):
         return jnp.exp(eta[:, 0])[:, None, None]
 

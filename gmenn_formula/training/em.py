@@ -31,7 +31,11 @@ from gmenn_formula.estep.sampler import SamplerConfig
 from gmenn_formula.families import Family, get_family
 from gmenn_formula.mstep.networks import FixedPart, NetworkSpec, build_network
 from gmenn_formula.mstep.step import (
+    DrawOffsets,
     Rows,
+    expand_effects,
+    expand_second_moments,
+    expansion_maps,
     expected_nll,
     gaussian_second_moments,
     newton_fixed_effects,
@@ -112,13 +116,13 @@ def _terms(design: Design, index: np.ndarray) -> tuple[TermArrays, ...]:
     )
 
 
-def _estep(design: Design, index: np.ndarray, family: Family, c: int, config: FitConfig, seed: int) -> EStep:
+def _estep(design: Design, index: np.ndarray, family: Family, c: int, config: FitConfig, seed: int, num_draws: int) -> EStep:
     response = design.response
     y = response.y[index]
     y = y.astype(np.int32) if family.name == "categorical" else y.astype(np.float32)
     trials = (response.trials[index] if response.trials is not None else np.ones(len(index))).astype(np.float32)
     sampler = SamplerConfig(
-        kind=config.sampler, num_draws=config.draws, burn_in=config.burn_in, max_tree_depth=config.tree_depth()
+        kind=config.sampler, num_draws=num_draws, burn_in=config.burn_in, max_tree_depth=config.tree_depth()
     )
     return EStep(family, _terms(design, index), y, trials, c, sampler, seed)
 
@@ -240,14 +244,15 @@ class _Fit:
     def rows(self, index: np.ndarray) -> Rows:
         return _rows(self.design, index, self.drop_intercept, self.device)
 
-    def estep(self, index: np.ndarray, seed_offset: int) -> EStep:
-        return _estep(self.design, index, self.family, self.c, self.config, self.config.seed + seed_offset)
+    def estep(self, index: np.ndarray, seed_offset: int, num_draws: int) -> EStep:
+        return _estep(self.design, index, self.family, self.c, self.config, self.config.seed + seed_offset, num_draws)
 
     def torch_effects(self, effects: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(torch.as_tensor(B, device=self.device) for B in effects)
 
-    def variance_step(self, estep: EStep, rows: Rows, covariances, dispersion):
-        """E-step draws and the covariance/dispersion M-step given the current fixed part."""
+    def variance_step(self, estep: EStep, rows: Rows, covariances, dispersion, expand: bool = False):
+        """E-step draws and the covariance/dispersion M-step given the current fixed part;
+        ``expand``: parameter-expanded M-step (the returned effects are then the rescaled draws)."""
         F = _predict_fixed(self.model, rows)
         t0 = time.perf_counter()
         draws = estep.draw(F.cpu().numpy(), covariances, dispersion if dispersion is not None else 1.0)
@@ -258,6 +263,10 @@ class _Fit:
             statistics = gaussian_second_moments(effects, rows, F, current, dispersion)
         else:
             statistics = [variance_statistics(B) for B in effects]
+        if expand:
+            maps = expansion_maps(self.family, F, effects, rows, dispersion or 1.0)
+            effects = expand_effects(effects, maps)
+            statistics = expand_second_moments(statistics, maps)
         new_covariances = _m_step_covariances(statistics, self.design)
         new_dispersion = residual_variance(F, random_part(effects, rows), rows) if self.family.has_dispersion else None
         return draws, effects, new_covariances, new_dispersion, seconds
@@ -323,7 +332,10 @@ class _Fit:
         settled = True
         epoch = first_epoch
         for epoch in range(first_epoch + 1, first_epoch + max_em_epochs + config.max_average_epochs + 1):
-            draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(estep, rows, covariances, dispersion)
+            expand = config.parameter_expansion and not averager.averaging
+            draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(
+                estep, rows, covariances, dispersion, expand
+            )
             t0 = time.perf_counter()
             extra = {}
             beta = None
@@ -377,7 +389,7 @@ class _GlmmFit(_Fit):
         newton_fixed_effects(self.model, self.family, rows, no_effects, 1.0, steps=25)
         dispersion, scale = self.initial_dispersion_and_scale(rows)
         covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
-        estep = self.estep(index, 0)
+        estep = self.estep(index, 0, self.config.draws)
         averager, moments, settled, epoch = self.settle_then_average(
             estep, rows, covariances, dispersion, self.config.max_epochs(False), 0, fit_beta=True
         )
@@ -395,7 +407,7 @@ class _NetworkFit(_Fit):
         train_rows, val_rows = self.rows(training), self.rows(validation)
         dispersion, scale = self.initial_dispersion_and_scale(train_rows)
         covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
-        estep = self.estep(training, 0)
+        estep = self.estep(training, 0, config.training_draws)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         penalty = config.penalty_for(True)
         best = (np.inf, None, 0)
@@ -404,8 +416,9 @@ class _NetworkFit(_Fit):
         for epoch in range(1, config.max_epochs(True) + 1):
             draws, effects, new_covariances, new_dispersion, estep_seconds = self.variance_step(estep, train_rows, covariances, dispersion)
             t0 = time.perf_counter()
+            offsets = DrawOffsets.from_draws(effects, train_rows, penalty)
             loss = train_epoch(
-                self.model, optimizer, self.family, train_rows, effects, dispersion or 1.0, penalty, config.batch_size, self.generator
+                self.model, optimizer, self.family, train_rows, offsets, dispersion or 1.0, config.batch_size, self.generator
             )
             mstep_seconds = time.perf_counter() - t0
             covariances, dispersion = new_covariances, new_dispersion
@@ -437,7 +450,7 @@ class _NetworkFit(_Fit):
         """Variance components and effects on all rows with the network frozen, the
         sampler continuing from the training E-step."""
         rows = self.rows(index)
-        estep = self.estep(index, 1)
+        estep = self.estep(index, 1, self.config.draws)
         estep.continue_from(training_estep)
         averager, moments, settled, epoch = self.settle_then_average(
             estep, rows, covariances, dispersion, self.config.final_epochs, epochs, fit_beta=False
