@@ -5,8 +5,8 @@
 response column), ``predict`` and ``predict_proba`` follow scikit-learn's
 conventions, ``result_`` is the :class:`~gmenn_formula.GmennResult` with every
 lme4 verb. ``get_params``/``set_params`` are written out here, so scikit-learn
-is not needed; its ``clone``, pipelines and grid searches work with them
-(every ``**control`` setting is a parameter of its own).
+is not needed; its ``clone`` works with them (every ``**control`` setting is
+a parameter of its own).
 """
 
 from __future__ import annotations
