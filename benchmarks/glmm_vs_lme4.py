@@ -24,7 +24,7 @@ building the design/model included; ours includes compiling the E-step).
     python benchmarks/glmm_vs_lme4.py            # quick: 10^4 and 10^5 rows, 3 x 1,000 levels (make bench-lme4)
     python benchmarks/glmm_vs_lme4.py --full     # up to 10^6 rows and 3 x 10^5 levels (make bench-lme4-full)
 
-Options: ``--timeout S`` (per fit; default 180 quick, 600 full), ``--mem-gb G``
+Options: ``--timeout S`` (per fit; default 300 quick, 600 full), ``--mem-gb G``
 (per fit, default 12), ``--tools ours,lme4,gpboost``, ``--families``,
 ``--sizes ROWSxLEVELS,...``, ``--out FILE`` (the Markdown results file).
 """
@@ -282,7 +282,7 @@ def r_blas() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="up to 10^6 rows and 3 x 10^5 levels")
-    parser.add_argument("--timeout", type=float, help="seconds per fit (default 180 quick, 600 full)")
+    parser.add_argument("--timeout", type=float, help="seconds per fit (default 300 quick, 600 full)")
     parser.add_argument("--mem-gb", type=float, default=12.0, help="resident memory cap per fit (default 12)")
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--families", default="gaussian,binomial")
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
 
     sizes = ([tuple(int(float(p)) for p in s.split("x")) for s in args.sizes.split(",")] if args.sizes
              else FULL_SIZES if args.full else QUICK_SIZES)
-    timeout = args.timeout or (600.0 if args.full else 180.0)
+    timeout = args.timeout or (600.0 if args.full else 300.0)
     tools = [t for t in args.tools.split(",") if t]
     if "ours" not in tools:
         tools.insert(0, "ours")
