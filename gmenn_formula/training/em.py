@@ -165,21 +165,30 @@ def _sampler_record(draws) -> dict:
 
 
 class _EffectMoments:
-    """Running mean and sd of the draws (q, p, c) per term, and a capped store of draws."""
+    """Running mean and sd of the draws (q, p, c) per term, and a store of at most
+    ``max_draws`` draws thinned evenly across the whole phase: every ``stride``-th
+    draw is kept, and when the store fills up every other stored draw is dropped
+    and the stride doubles."""
 
     def __init__(self, shapes: list[tuple[int, ...]], max_draws: int) -> None:
         self.count = 0
         self.sum = [np.zeros(s) for s in shapes]
         self.sum_sq = [np.zeros(s) for s in shapes]
         self.stored: list[list[np.ndarray]] = [[] for _ in shapes]
-        self.max_draws = max_draws
+        self.max_draws = max(2, max_draws)
+        self.stride = 1
 
     def add(self, effects: tuple[np.ndarray, ...]) -> None:
         for index, B in enumerate(effects):
             self.sum[index] += B.sum(0)
             self.sum_sq[index] += (B.astype(np.float64) ** 2).sum(0)
-            room = self.max_draws - len(self.stored[index])
-            self.stored[index].extend(list(B[:room]))
+        for offset in range(effects[0].shape[0] if effects else 0):
+            if (self.count + offset) % self.stride == 0:
+                for index, B in enumerate(effects):
+                    self.stored[index].append(B[offset])
+                if len(self.stored[0]) >= self.max_draws:
+                    self.stored = [kept[::2] for kept in self.stored]
+                    self.stride *= 2
         self.count += effects[0].shape[0] if effects else 0
 
     def mean(self) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""M-step pieces: the per-epoch draw offsets of the loss, and parameter-expanded EM."""
+"""M-step pieces: the per-epoch draw offsets of the loss, parameter-expanded EM, the draw store."""
 
 from __future__ import annotations
 
@@ -84,3 +84,14 @@ def test_burn_in_must_leave_a_kept_training_draw():
     with pytest.raises(ControlError, match="burn_in"):
         gf.FitConfig(training_draws=2, burn_in=2)
     assert np.isclose(gf.FitConfig().training_draws, 2)
+
+
+def test_stored_draws_are_thinned_evenly_across_the_whole_phase():
+    from gmenn_formula.training.em import _EffectMoments
+
+    moments = _EffectMoments([(1, 1, 1)], max_draws=8)
+    for epoch in range(20):
+        moments.add((np.arange(3 * epoch, 3 * epoch + 3, dtype=float).reshape(3, 1, 1, 1),))
+    kept = [float(d.ravel()[0]) for d in moments.draws([(1, 1, 1)])[0]]
+    assert kept == [0.0, 16.0, 32.0, 48.0]
+    assert float(moments.mean()[0].ravel()[0]) == np.arange(60).mean()
