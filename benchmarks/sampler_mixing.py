@@ -28,6 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gmenn_formula.estep import (  # noqa: E402
+    BlockWhitening,
     EpochInfo,
     SamplerConfig,
     SamplerState,
@@ -36,10 +37,12 @@ from gmenn_formula.estep import (  # noqa: E402
     linear_predictor,
     sample_epoch,
 )
+from gmenn_formula.families import get_family  # noqa: E402
 
 LEVELS = (1000, 10, 1000)
 VARIANCES = (1e-4, 0.5, 0.5)
 NUM_CLASSES = 5
+CATEGORICAL = get_family("categorical")
 
 
 def simulate(num_rows: int, seed: int) -> dict[str, Any]:
@@ -59,9 +62,11 @@ def simulate(num_rows: int, seed: int) -> dict[str, Any]:
     return {"codes": codes, "Z": Z, "F": F, "y": y, "prior_precisions": prior_precisions}
 
 
-def row_loglik(eta_i: jax.Array, y_i: jax.Array, params: None) -> jax.Array:
-    """Categorical log-likelihood of one row, eta_i (C,)."""
-    return jax.nn.log_softmax(eta_i)[y_i]
+@jax.jit
+def whitening_at(center: tuple[jax.Array, ...], data: dict[str, Any]) -> BlockWhitening:
+    """Whitening at ``center`` from the categorical Fisher information of the rows there."""
+    fisher = CATEGORICAL.jax_fisher(linear_predictor(data["F"], data["codes"], data["Z"], center), None, None)
+    return build_whitening(center, fisher, data["codes"], data["Z"], data["prior_precisions"])
 
 
 def logdensity(position: tuple[jax.Array, ...], data: dict[str, Any]) -> jax.Array:
@@ -78,9 +83,7 @@ def run_epoch(
     """One epoch; "whitened" rebuilds its whitening at ``center`` first."""
     whitening = None
     if config.kind == "whitened":
-        whitening = build_whitening(
-            center, data["F"], data["codes"], data["Z"], data["prior_precisions"], row_loglik, data["y"]
-        )
+        whitening = whitening_at(center, data)
     return sample_epoch(key, state, logdensity, config, whitening, (data,))
 
 

@@ -10,7 +10,6 @@ from gmenn_formula.estep.precondition import (
     level_precision,
     linear_predictor,
     prior_precision_block,
-    row_hessian,
     whitened_logdensity,
     whitening_from_precision,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "level_precision",
     "linear_predictor",
     "prior_precision_block",
-    "row_hessian",
     "sample_epoch",
     "whitened_logdensity",
     "whitening_from_precision",

@@ -16,7 +16,7 @@ import numpy as np
 
 from gmenn_formula.estep import sampler
 from gmenn_formula.estep.model import ModelParams, TermArrays, compile_model, model_data
-from gmenn_formula.estep.precondition import level_precision, whitening_from_precision
+from gmenn_formula.estep.precondition import build_whitening
 from gmenn_formula.families import Family
 
 VARIANCE_FLOOR = 1e-8
@@ -65,13 +65,8 @@ class EStep:
         compiled, data = self.compiled, self.data
 
         def whitening(center, params: ModelParams, precisions):
-            eta = compiled.eta(center, params, data)
-            W = family.jax_fisher(eta, data.trials, params.dispersion)
-            blocks = [
-                level_precision(codes, Z, W, P, shape[0])
-                for codes, Z, P, shape in zip(data.codes, data.Z, precisions, self.shapes)
-            ]
-            return whitening_from_precision(center, blocks)
+            fisher = family.jax_fisher(compiled.eta(center, params, data), data.trials, params.dispersion)
+            return build_whitening(center, fisher, data.codes, data.Z, precisions)
 
         self._whitening = jax.jit(whitening)
 

@@ -10,7 +10,13 @@ held fixed) has the negative Hessian
 
     H_lq = sum_{i: codes_l[i] = q} kron(z_i z_i^T, W_i) + Sigma_l^{-1} (per class)
 
-with W_i (C, C) the negative Hessian of the row log-likelihood in eta_i.
+with W_i (C, C) the negative Hessian of the row log-likelihood in eta_i: the
+family's Fisher information ``family.jax_fisher(eta, trials, dispersion)``
+(:mod:`gmenn_formula.families`). All four families (gaussian, binomial,
+poisson, categorical) have canonical links: each row log-likelihood is
+concave in eta_i, and W_i is its negative Hessian (observed = expected
+information), positive semi-definite by construction, so no eigenvalue
+repair is needed.
 :class:`BlockWhitening` samples ``B_l[q] = center_l[q] + L_lq^{-T} z`` with
 ``H_lq = L_lq L_lq^T``, so that z is close to N(0, I) whatever the class
 coupling of the softmax and the prior scales.
@@ -29,7 +35,6 @@ step near the one of a standard normal of the same dimension.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -52,39 +57,6 @@ def linear_predictor(F: Array, codes: Sequence[Array], Z: Sequence[Array], posit
     return eta
 
 
-def row_hessian(
-    row_loglik: Callable[..., Array],
-    eta: Array,
-    row_data: Any = None,
-    params: Any = None,
-) -> Array:
-    """Negative Hessian (n, C, C) of each row's log-likelihood in eta_i, made PSD.
-
-    ``row_loglik(eta_i (C,), row_data_i, params) -> scalar``: ``row_data`` is a
-    pytree of arrays with a leading n axis (e.g. the response), ``params`` a
-    pytree shared by all rows (e.g. the residual variance). The negated
-    Hessian is symmetrised and non-finite entries (overflow at extreme eta)
-    set to zero. If any row then fails a Cholesky test (PSD up to 1e-4 of its
-    mean eigenvalue, above float32 rounding), every row's negative eigenvalues
-    are set to zero; log-concave rows (canonical links) skip these
-    eigendecompositions, which cost ~10x the rest.
-    """
-    hessian = jax.vmap(jax.hessian(row_loglik), in_axes=(0, 0, None))(eta, row_data, params)
-    negative = -0.5 * (hessian + jnp.swapaxes(hessian, -1, -2))
-    negative = jnp.where(jnp.isfinite(negative), negative, 0.0)
-    num_classes = negative.shape[-1]
-    scale = jnp.abs(jnp.trace(negative, axis1=-2, axis2=-1)) / num_classes + jnp.finfo(negative.dtype).tiny
-    identity = jnp.eye(num_classes, dtype=negative.dtype)
-    is_psd = jnp.all(jnp.isfinite(jnp.linalg.cholesky(negative + 1e-4 * scale[:, None, None] * identity)))
-    return jax.lax.cond(is_psd, lambda W: W, _clip_negative_eigenvalues, negative)
-
-
-def _clip_negative_eigenvalues(W: Array) -> Array:
-    """Symmetric (..., C, C) matrices with their negative eigenvalues set to zero."""
-    eigenvalues, eigenvectors = jnp.linalg.eigh(W)
-    return jnp.einsum("...ij,...j,...kj->...ik", eigenvectors, jnp.maximum(eigenvalues, 0.0), eigenvectors)
-
-
 def prior_precision_block(prior_precision: Array) -> Array:
     """Prior precision (d, d) of one level in the ``p * C + c`` layout.
 
@@ -100,22 +72,22 @@ def prior_precision_block(prior_precision: Array) -> Array:
 def level_precision(
     codes: Array,
     Z: Array,
-    row_hessian: Array,
+    fisher: Array,
     prior_precision: Array,
     num_levels: int,
 ) -> Array:
     """Per-level block (q, d, d) of the negative log-posterior Hessian of one term.
 
     ``codes`` (n,) int32 level codes (rows with a code outside [0, q) are
-    ignored); ``Z`` (n, p) slope columns; ``row_hessian`` (n, C, C) negative
-    row Hessians W_i; ``prior_precision`` (C, p, p) inverse prior covariances.
+    ignored); ``Z`` (n, p) slope columns; ``fisher`` (n, C, C) the rows'
+    Fisher information W_i; ``prior_precision`` (C, p, p) inverse prior covariances.
     Sums kron(z_i z_i^T, W_i) over the rows of each level with a segment sum:
     memory O(n d^2), never O(n q).
     """
     n, p = Z.shape
-    num_classes = row_hessian.shape[-1]
+    num_classes = fisher.shape[-1]
     d = p * num_classes
-    per_row = jnp.einsum("np,nr,nce->npcre", Z, Z, row_hessian).reshape(n, d, d)
+    per_row = jnp.einsum("np,nr,nce->npcre", Z, Z, fisher).reshape(n, d, d)
     likelihood = jax.ops.segment_sum(per_row, codes, num_segments=num_levels)
     return likelihood + prior_precision_block(prior_precision)
 
@@ -186,28 +158,24 @@ def whitening_from_precision(center: Sequence[Array], precision: Sequence[Array]
     return BlockWhitening.from_cholesky(center, chol)
 
 
-@partial(jax.jit, static_argnames=("row_loglik",))
+@jax.jit
 def build_whitening(
     center: Position,
-    F: Array,
+    fisher: Array,
     codes: tuple[Array, ...],
     Z: tuple[Array, ...],
     prior_precisions: tuple[Array, ...],
-    row_loglik: Callable[..., Array],
-    row_data: Any = None,
-    params: Any = None,
 ) -> BlockWhitening:
-    """Whitening around ``center`` with the Fisher information evaluated there.
+    """Whitening around ``center`` from the rows' Fisher information evaluated there.
 
     ``center`` position (tuple of (q_l, d_l)), e.g. the mean of the previous
-    epoch's kept draws; ``F`` (n, C) network output; ``codes[l]`` (n,),
-    ``Z[l]`` (n, p_l), ``prior_precisions[l]`` (C, p_l, p_l) = inverse of
-    Sigma_l; ``row_loglik``, ``row_data``, ``params`` as in :func:`row_hessian`.
-    Jitted; ``row_loglik`` is static, so pass the same function every epoch.
+    epoch's kept draws; ``fisher`` (n, C, C) the rows' Fisher information at
+    the linear predictor of ``center``, ``family.jax_fisher(eta, trials,
+    dispersion)``; ``codes[l]`` (n,), ``Z[l]`` (n, p_l),
+    ``prior_precisions[l]`` (C, p_l, p_l) = inverse of Sigma_l. Jitted.
     """
-    W = row_hessian(row_loglik, linear_predictor(F, codes, Z, center), row_data, params)
     precision = [
-        level_precision(codes_l, Z_l, W, P_l, B_l.shape[0])
+        level_precision(codes_l, Z_l, fisher, P_l, B_l.shape[0])
         for codes_l, Z_l, P_l, B_l in zip(codes, Z, prior_precisions, center, strict=True)
     ]
     return whitening_from_precision(center, precision)

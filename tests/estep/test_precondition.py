@@ -1,27 +1,26 @@
-"""Per-level whitening: Hessian blocks, PSD repair, whiten/unwhiten."""
+"""Per-level whitening: family Fisher information, Hessian blocks, whiten/unwhiten."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
+from jax.scipy import stats
 
 from gmenn_formula.estep import (
     BlockWhitening,
     build_whitening,
     level_precision,
     linear_predictor,
-    row_hessian,
     whitened_logdensity,
     whitening_from_precision,
 )
+from gmenn_formula.families import get_family
 
 NUM_CLASSES = 3
-
-
-def softmax_row_loglik(eta_i: jax.Array, y_i: jax.Array, params: None) -> jax.Array:
-    return jax.nn.log_softmax(eta_i)[y_i]
+CATEGORICAL = get_family("categorical")
 
 
 def tiny_problem() -> dict:
@@ -51,7 +50,7 @@ def tiny_problem() -> dict:
 def full_logdensity(position: tuple[jax.Array, ...], problem: dict) -> jax.Array:
     """Log posterior written independently of the p * C + c block algebra."""
     eta = linear_predictor(problem["F"], problem["codes"], problem["Z"], position)
-    loglik = jnp.sum(jax.vmap(softmax_row_loglik, in_axes=(0, 0, None))(eta, problem["y"], None))
+    loglik = jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(eta), problem["y"][:, None], axis=1))
     log_prior = 0.0
     for B, P in zip(position, problem["precisions"], strict=True):
         per_class = B.reshape(B.shape[0], P.shape[1], NUM_CLASSES)  # (q, p, C)
@@ -59,12 +58,49 @@ def full_logdensity(position: tuple[jax.Array, ...], problem: dict) -> jax.Array
     return loglik + log_prior
 
 
+def softmax_fisher(problem: dict, position: tuple[jax.Array, ...]) -> jax.Array:
+    """Categorical Fisher information (n, C, C) of the rows at ``position``."""
+    return CATEGORICAL.jax_fisher(linear_predictor(problem["F"], problem["codes"], problem["Z"], position), None, None)
+
+
+# Per-row negative log-likelihood in eta_i (C,), written with jax.scipy's densities.
+ROW_NLL = {
+    "gaussian": lambda eta_i, y_i, trials_i, dispersion: -stats.norm.logpdf(y_i, eta_i[0], jnp.sqrt(dispersion)),
+    "binomial": lambda eta_i, y_i, trials_i, dispersion: -stats.binom.logpmf(y_i, trials_i, jax.nn.sigmoid(eta_i[0])),
+    "poisson": lambda eta_i, y_i, trials_i, dispersion: -stats.poisson.logpmf(y_i, jnp.exp(eta_i[0])),
+    "categorical": lambda eta_i, y_i, trials_i, dispersion: -jax.nn.log_softmax(eta_i)[y_i.astype(jnp.int32)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_NLL))
+def test_jax_fisher_is_the_row_nll_hessian_and_psd(name: str) -> None:
+    family = get_family(name)
+    num_outputs = family.num_outputs(4)
+    rng = np.random.default_rng(7)
+    n = 40
+    eta = jnp.asarray(rng.normal(scale=1.5, size=(n, num_outputs)), jnp.float32)
+    trials = jnp.asarray(rng.integers(1, 11, n), jnp.float32)
+    y = {
+        "gaussian": rng.normal(size=n),
+        "binomial": rng.integers(0, np.asarray(trials, np.int64) + 1),
+        "poisson": rng.poisson(2.0, n),
+        "categorical": rng.integers(0, num_outputs, n),
+    }[name]
+    y = jnp.asarray(y, jnp.float32)
+    dispersion = jnp.float32(0.7)
+    hessian = jax.jit(jax.vmap(jax.hessian(ROW_NLL[name]), in_axes=(0, 0, 0, None)))(eta, y, trials, dispersion)
+    fisher = np.asarray(family.jax_fisher(eta, trials, dispersion))
+    assert fisher.shape == (n, num_outputs, num_outputs)
+    np.testing.assert_allclose(fisher, np.asarray(hessian), rtol=1e-4, atol=1e-5)
+    # Canonical links: the Fisher information is PSD with no repair.
+    assert np.all(np.linalg.eigvalsh(fisher.astype(np.float64)) > -1e-6)
+
+
 def test_level_precision_matches_dense_hessian_blocks() -> None:
     problem = tiny_problem()
     flat, unravel = ravel_pytree(problem["position"])
     dense = -np.asarray(jax.jit(jax.hessian(lambda v: full_logdensity(unravel(v), problem)))(flat))
-    eta = linear_predictor(problem["F"], problem["codes"], problem["Z"], problem["position"])
-    W = jax.jit(row_hessian, static_argnums=0)(softmax_row_loglik, eta, problem["y"])
+    W = softmax_fisher(problem, problem["position"])
     offset = 0
     for codes, Z, P, B in zip(problem["codes"], problem["Z"], problem["precisions"], problem["position"], strict=True):
         blocks = np.asarray(level_precision(codes, Z, W, P, B.shape[0]))
@@ -75,23 +111,11 @@ def test_level_precision_matches_dense_hessian_blocks() -> None:
         offset += q * d
 
 
-def test_row_hessian_zeroes_negative_curvature() -> None:
-    def row_loglik(eta_i: jax.Array, sign: jax.Array, params: None) -> jax.Array:
-        return 0.5 * sign * jnp.sum(eta_i**2) + eta_i[0] * eta_i[1]
-
-    signs = jnp.asarray([-1.0, -1.0, 1.0], jnp.float32)
-    W = np.asarray(jax.jit(row_hessian, static_argnums=0)(row_loglik, jnp.zeros((3, 2), jnp.float32), signs))
-    # Row Hessians are [[s, 1], [1, s]]: eigenvalues s + 1, s - 1, negated -> 1 - s, -1 - s.
-    np.testing.assert_allclose(W[0], [[1.0, -1.0], [-1.0, 1.0]], atol=1e-5)  # eigenvalues 2 and 0
-    np.testing.assert_allclose(W[2], np.zeros((2, 2)), atol=1e-5)  # eigenvalues 0 and -2
-    assert np.all(np.linalg.eigvalsh(W) > -1e-5)
-
-
 def test_whiten_unwhiten_round_trip_and_covariance() -> None:
     problem = tiny_problem()
+    position = problem["position"]
     whitening = build_whitening(
-        problem["position"], problem["F"], problem["codes"], problem["Z"], problem["precisions"],
-        softmax_row_loglik, problem["y"],
+        position, softmax_fisher(problem, position), problem["codes"], problem["Z"], problem["precisions"]
     )
     rng = np.random.default_rng(2)
     B = tuple(jnp.asarray(rng.normal(size=c.shape), jnp.float32) for c in whitening.center)

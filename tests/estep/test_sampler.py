@@ -18,6 +18,7 @@ from gmenn_formula.estep import (
     linear_predictor,
     sample_epoch,
 )
+from gmenn_formula.families import get_family
 
 Position = tuple[jax.Array, ...]
 
@@ -32,8 +33,8 @@ def run_epochs(
 ) -> tuple[SamplerState, list[Position], list[Any]]:
     """EM-like loop with F and Sigma fixed: "whitened" rebuilds its whitening at the last kept draws' mean.
 
-    ``problem``: "shapes" of the terms, "logdensity(position, data)", "row_loglik" and "data", the
-    arrays that go to the jitted sampler (F, codes, Z, y, params, precisions).
+    ``problem``: "shapes" of the terms, "logdensity(position, data)", "family" and "data", the
+    arrays that go to the jitted sampler (F, codes, Z, y, params = the dispersion, precisions).
     """
     state = init(tuple(jnp.zeros(shape, jnp.float32) for shape in problem["shapes"]), config)
     center = state.position
@@ -43,7 +44,7 @@ def run_epochs(
         key, sub = jax.random.split(key)
         whitening = None
         if kind == "whitened":
-            whitening = whitening_at(center, problem["data"], problem["row_loglik"])
+            whitening = whitening_at(center, problem["data"], problem["family"])
         state, draws, info = sample_epoch(sub, state, problem["logdensity"], config, whitening, (problem["data"],))
         center = tuple(d.mean(0) for d in draws)
         all_draws.append(draws)
@@ -51,10 +52,11 @@ def run_epochs(
     return state, all_draws, infos
 
 
-def whitening_at(center: Position, data: dict[str, Any], row_loglik: Any) -> Any:
-    return build_whitening(
-        center, data["F"], data["codes"], data["Z"], data["precisions"], row_loglik, data["y"], data["params"]
-    )
+def whitening_at(center: Position, data: dict[str, Any], family: Any) -> Any:
+    """Whitening at ``center`` from the family's Fisher information there (trials unused: no binomial here)."""
+    eta = linear_predictor(data["F"], data["codes"], data["Z"], center)
+    fisher = family.jax_fisher(eta, None, data["params"])
+    return build_whitening(center, fisher, data["codes"], data["Z"], data["precisions"])
 
 
 def flat(draws: Position) -> np.ndarray:
@@ -67,10 +69,6 @@ def flat(draws: Position) -> np.ndarray:
 RESIDUAL_VARIANCE = 0.5
 GAUSSIAN_VARIANCES = (0.6, 0.3)
 GAUSSIAN_LEVELS = (20, 5)
-
-
-def gaussian_row_loglik(eta_i: jax.Array, y_i: jax.Array, residual_variance: jax.Array) -> jax.Array:
-    return -0.5 * (y_i - eta_i[0]) ** 2 / residual_variance
 
 
 def gaussian_logdensity(position: Position, data: dict[str, Any]) -> jax.Array:
@@ -103,7 +101,7 @@ def gaussian() -> dict[str, Any]:
     return {
         "shapes": [(q, 1) for q in GAUSSIAN_LEVELS],
         "data": data,
-        "row_loglik": gaussian_row_loglik,
+        "family": get_family("gaussian"),
         "logdensity": gaussian_logdensity,
         "exact_mean": covariance @ X.T @ (y - F) / RESIDUAL_VARIANCE,
         "exact_variance": np.diag(covariance),
@@ -129,10 +127,6 @@ def test_gaussian_posterior_moments_match_closed_form(kind: str, gaussian: dict[
 
 NUM_CLASSES = 3
 SOFTMAX_LEVELS = 50
-
-
-def softmax_row_loglik(eta_i: jax.Array, y_i: jax.Array, params: None) -> jax.Array:
-    return jax.nn.log_softmax(eta_i)[y_i]
 
 
 def softmax_logdensity(position: Position, data: dict[str, Any]) -> jax.Array:
@@ -162,7 +156,7 @@ def softmax() -> dict[str, Any]:
     problem = {
         "shapes": [(SOFTMAX_LEVELS, NUM_CLASSES)],
         "data": data,
-        "row_loglik": softmax_row_loglik,
+        "family": get_family("categorical"),
         "logdensity": softmax_logdensity,
     }
 
@@ -242,7 +236,7 @@ def test_one_compilation_serves_every_epoch(softmax: dict[str, Any]) -> None:
     for epoch in range(3):  # new F, Sigma, whitening and state every epoch
         data["F"] = jnp.asarray(rng.normal(size=data["F"].shape), jnp.float32)
         data["precisions"] = (jnp.full((NUM_CLASSES, 1, 1), 1.0 + epoch, jnp.float32),)
-        whitening = whitening_at(state.position, data, softmax_row_loglik)
+        whitening = whitening_at(state.position, data, softmax["family"])
         state, _, _ = sample_epoch(jax.random.key(epoch), state, counting_logdensity, config, whitening, (data,))
     assert len(traces) == traced_once
 
@@ -252,7 +246,7 @@ def test_kind_and_whitening_must_agree(softmax: dict[str, Any]) -> None:
     state = init((jnp.zeros((SOFTMAX_LEVELS, NUM_CLASSES)),), SamplerConfig())
     with pytest.raises(ValueError, match="needs a BlockWhitening"):
         sample_epoch(jax.random.key(0), state, softmax_logdensity, SamplerConfig(), None, (data,))
-    whitening = whitening_at(state.position, data, softmax_row_loglik)
+    whitening = whitening_at(state.position, data, softmax["family"])
     with pytest.raises(ValueError, match="pass whitening=None"):
         sample_epoch(jax.random.key(0), state, softmax_logdensity, SamplerConfig(kind="paper"), whitening, (data,))
 
