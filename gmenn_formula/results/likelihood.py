@@ -133,6 +133,11 @@ class LogLik(float):
         return float(self)
 
     @property
+    def reliable(self) -> bool:
+        """False when an importance-sampled estimate rests on fewer than UNRELIABLE_ESS effective draws."""
+        return self.ess is None or self.ess >= UNRELIABLE_ESS
+
+    @property
     def deviance(self) -> float:
         """-2 log L (lme4's ``deviance`` column of a GLMM summary)."""
         return -2.0 * float(self)
@@ -154,8 +159,8 @@ class LogLik(float):
             draws = f"{self.draws:,} draws" + (" per level" if self.method == "per-level" else "")
             ess = f", effective draws {self.ess:,.1f}" + (" (fewest over levels)" if self.method == "per-level" else "")
             text += f", {draws} (MC s.e. {_se_text(self.se)}{ess})"
-            if self.ess is not None and self.ess < UNRELIABLE_ESS:
-                text += f"; unreliable: fewer than {UNRELIABLE_ESS} effective draws"
+            if not self.reliable:
+                text += f"; unreliable (fewer than {UNRELIABLE_ESS} effective draws), so the criteria show NA; loglik() returns it"
             elif self.method == "joint":
                 text += "; high variance with many levels"
         if self.network_parameters:

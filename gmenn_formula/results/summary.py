@@ -27,8 +27,9 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 
 def _numeric(values: list[str]) -> bool:
+    """Whether a column holds numbers (R's NA counts as one)."""
     try:
-        [float(v) for v in values if v.strip()]
+        [float(v) for v in values if v.strip() and v != "NA"]
     except ValueError:
         return False
     return True
@@ -109,8 +110,9 @@ class Summary:
         if loglik is None:
             return None
         values = [loglik.aic, loglik.bic, float(loglik), loglik.deviance]
+        cells = [f"{v:.1f}" if loglik.reliable else "NA" for v in values]
         return pd.DataFrame(
-            [[f"{v:.1f}" for v in values] + [str(loglik.nobs - loglik.df)]],
+            [cells + [str(loglik.nobs - loglik.df)]],
             columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
         )
 
