@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-lme4 bench-lme4-full r-lme4 clean
+.PHONY: demo test test-slow bench bench-full bench-engine bench-lme4 bench-lme4-full r-lme4 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
+# The paper's simulation grid (benchmarks/paper_grid.py): quick version (about 10 minutes on 2 cores
+# when the machine is otherwise idle) and the paper's sizes (100,000 rows, 5 seeds: hours).
 bench: $(STAMP)
+	$(PY) benchmarks/paper_grid.py
+
+bench-full: $(STAMP)
+	$(PY) benchmarks/paper_grid.py --full
+
+# Engine benchmarks: design memory, sampler mixing, epoch cost, engine scale (minutes).
+bench-engine: $(STAMP)
 	$(PY) benchmarks/design_memory.py
 	$(PY) benchmarks/sampler_mixing.py
 	$(PY) benchmarks/epoch_cost.py
