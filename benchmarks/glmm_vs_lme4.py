@@ -193,11 +193,14 @@ def run_tool(tool: str, csv: Path, formula: str, family: str, timeout: float, me
         return Outcome(tool, False, peak_mb=peak, failure=failure)
     if proc.returncode != 0 or not out.exists():
         lines = [line.strip() for line in stderr_path.read_text(errors="replace").splitlines() if line.strip()]
+        elapsed = time.perf_counter() - start
         if proc.returncode < 0:
-            text = f"killed by signal {-proc.returncode}" + (" (likely the kernel's out-of-memory killer)" if proc.returncode == -9 else "")
+            reason = {-9: " (likely the kernel's out-of-memory killer)", -11: " (segmentation fault)", -6: " (abort)"}.get(proc.returncode, "")
+            said = [line for line in lines if "segfault" in line or "cause" in line or "rror" in line][:2]
+            text = f"crashed: signal {-proc.returncode}{reason} after {elapsed:.0f} s" + (f"; {' '.join(said)[:120]}" if said else "")
         else:
             errors = [line for line in lines if "rror" in line or "cannot allocate" in line]
-            text = f"error (exit {proc.returncode}): " + ((errors or lines or ["no output"])[-1])[:160]
+            text = f"error (exit {proc.returncode}, after {elapsed:.0f} s): " + ((errors or lines or ["no output"])[-1])[:160]
         return Outcome(tool, False, peak_mb=peak, failure=text)
     result = json.loads(out.read_text())
     peak_self = result.get("peak_mb") or 0.0
@@ -340,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     doc = [
         f"# Plain GLMMs: gmenn_formula vs lme4 vs GPBoost ({'full' if args.full else 'quick'} mode)",
         "",
-        f"Written by `python benchmarks/glmm_vs_lme4.py{' --full' if args.full else ''}` "
-        f"(`make bench-lme4{'-full' if args.full else ''}`) in {total / 60:.1f} minutes. Model: "
+        f"Written by `python benchmarks/glmm_vs_lme4.py{''.join(' ' + a for a in (sys.argv[1:] if argv is None else argv))}` "
+        f"({'`make bench-lme4' + ('-full' if args.full else '') + '`, ' if not args.sizes else ''}{total / 60:.1f} minutes). Model: "
         f"`y ~ x0 + ... + x{FEATURES - 1} + (1 | g0) + (1 | g1) + (1 | g2)`, three crossed factors with the given "
         "number of levels each, rows per level ~ Poisson(rows / levels) + 1, seed "
         f"{args.seed}. Each fit: {timeout:.0f} s limit, {args.mem_gb:.0f} GB resident memory cap. "
