@@ -24,7 +24,8 @@ class FitConfig:
     between means over windows of ``window`` epochs) or ``epochs`` is reached,
     then at least ``average_epochs`` more epochs averaged, until the Monte
     Carlo standard error of every variance component is below ``mcse_target``
-    (relative) or ``max_average_epochs`` is reached (the same for the final
+    (relative) or a tenth of its sampling standard error (few levels), or
+    ``max_average_epochs`` is reached (the same for the final
     phase of nn() fits).
 
     E-step: ``draws`` (K) draws per epoch of which ``burn_in`` (R) are

@@ -376,7 +376,7 @@ class _Fit:
                         "Increase max_average_epochs= for tighter estimates."
                     )
                     break
-                if averager.averaged_epochs % config.window == 0 and averager.precise(config.mcse_target):
+                if averager.averaged_epochs % config.window == 0 and averager.precise(config.mcse_target, [r.num_levels for r in self.design.random]):
                     break
             if not averager.averaging:
                 settled = averager.settled()
