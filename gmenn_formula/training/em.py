@@ -369,14 +369,16 @@ class _Fit:
                         self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
             self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, time.perf_counter() - t0, **extra)
             if averager.averaging and averager.averaged_epochs >= config.average_epochs:
-                if averager.averaged_epochs >= config.max_average_epochs:
-                    self.messages.append(
-                        f"Monte Carlo error of the variance components is above {config.mcse_target:.0%} after "
-                        f"{config.max_average_epochs} averaged epochs; see varcorr()['mcse']. "
-                        "Increase max_average_epochs= for tighter estimates."
-                    )
+                at_cap = averager.averaged_epochs >= config.max_average_epochs
+                levels = [r.num_levels for r in self.design.random]
+                if (at_cap or averager.averaged_epochs % config.window == 0) and averager.precise(config.mcse_target, levels):
                     break
-                if averager.averaged_epochs % config.window == 0 and averager.precise(config.mcse_target, [r.num_levels for r in self.design.random]):
+                if at_cap:
+                    self.messages.append(
+                        f"Monte Carlo error of the variance components is above {config.mcse_target:.0%} (or a tenth of "
+                        f"their sampling error, if larger) after {config.max_average_epochs} averaged epochs; "
+                        "see varcorr()['mcse']. Increase max_average_epochs= for tighter estimates."
+                    )
                     break
             if not averager.averaging:
                 settled = averager.settled()
