@@ -288,6 +288,8 @@ class _Fit:
         return draws, effects, new_covariances, new_dispersion, seconds
 
     def record(self, epoch: int, phase: str, covariances, dispersion, draws, estep_seconds, mstep_seconds, **extra) -> None:
+        """One history row; ``estep_seconds``: the sampler's draw call, ``mstep_seconds``: the rest of
+        the epoch (F, variance statistics, parameter expansion, training or Newton; not validation)."""
         entry = {
             "epoch": epoch,
             "phase": phase,
@@ -349,10 +351,10 @@ class _Fit:
         epoch = first_epoch
         for epoch in range(first_epoch + 1, first_epoch + max_em_epochs + config.max_average_epochs + 1):
             expand = config.parameter_expansion and not averager.averaging
+            t0 = time.perf_counter()
             draws, effects, covariances, new_dispersion, estep_seconds = self.variance_step(
                 estep, rows, covariances, dispersion, expand
             )
-            t0 = time.perf_counter()
             extra = {}
             beta = None
             if fit_beta:
@@ -367,7 +369,8 @@ class _Fit:
                 if fit_beta:
                     with torch.no_grad():
                         self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
-            self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, time.perf_counter() - t0, **extra)
+            mstep_seconds = time.perf_counter() - t0 - estep_seconds
+            self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, mstep_seconds, **extra)
             if averager.averaging and averager.averaged_epochs >= config.average_epochs:
                 at_cap = averager.averaged_epochs >= config.max_average_epochs
                 levels = [r.num_levels for r in self.design.random]
@@ -433,13 +436,13 @@ class _NetworkFit(_Fit):
         epoch = 0
         center: tuple[torch.Tensor, ...] = ()
         for epoch in range(1, config.max_epochs(True) + 1):
-            draws, effects, new_covariances, new_dispersion, estep_seconds = self.variance_step(estep, train_rows, covariances, dispersion)
             t0 = time.perf_counter()
+            draws, effects, new_covariances, new_dispersion, estep_seconds = self.variance_step(estep, train_rows, covariances, dispersion)
             offsets = DrawOffsets.from_draws(effects, train_rows, penalty)
             loss = train_epoch(
                 self.model, optimizer, self.family, train_rows, offsets, dispersion or 1.0, config.batch_size, self.generator
             )
-            mstep_seconds = time.perf_counter() - t0
+            mstep_seconds = time.perf_counter() - t0 - estep_seconds
             covariances, dispersion = new_covariances, new_dispersion
             means = tuple(B.mean(0, keepdim=True) for B in effects)
             weight = max(1.0 / epoch, VALIDATION_SMOOTHING)
