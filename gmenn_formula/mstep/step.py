@@ -90,6 +90,11 @@ class DrawOffsets:
         return cls(values.permute(1, 0, 2).contiguous(), weights)
 
 
+def _per_draw(values: torch.Tensor, s: int) -> torch.Tensor:
+    """(b,) -> (b * s,): each row's value once per draw, in the layout of DrawOffsets.values."""
+    return values.unsqueeze(1).expand(-1, s).reshape(-1)
+
+
 def train_epoch(
     model: FixedPart,
     optimizer: torch.optim.Optimizer,
@@ -115,8 +120,7 @@ def train_epoch(
         else:
             (b, c), s = eta.shape, len(offsets.weights)
             eta_draws = (eta.unsqueeze(1) + offsets.values.index_select(0, index)).reshape(b * s, c)
-            per_draw = lambda v: v.unsqueeze(1).expand(b, s).reshape(-1)  # noqa: E731
-            nll = family.torch_nll(eta_draws, per_draw(y), per_draw(trials), dispersion).reshape(b, s)
+            nll = family.torch_nll(eta_draws, _per_draw(y, s), _per_draw(trials, s), dispersion).reshape(b, s)
             loss = (nll @ offsets.weights).sum()
         optimizer.zero_grad()
         (loss / len(index)).backward()
