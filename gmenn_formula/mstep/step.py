@@ -229,14 +229,15 @@ def expansion_maps(
     identity = torch.cat([torch.eye(p, dtype=U.dtype, device=U.device).reshape(p * p, 1).expand(p * p, c) for p in sizes])
     identity = identity.reshape(-1)
     at_identity = eta(identity).requires_grad_(True)
-    g = torch.autograd.grad(family.torch_nll(at_identity, stacked.y, stacked.trials, dispersion).sum(), at_identity)[0]
+    nll_at_identity = family.torch_nll(at_identity, stacked.y, stacked.trials, dispersion).sum()
+    g = torch.autograd.grad(nll_at_identity, at_identity)[0]
     w = family.torch_fisher_diagonal(at_identity.detach(), stacked.trials, dispersion)
     gradient = torch.einsum("mnpc,mnc->pc", U, g.reshape(m, n, c))
     hessian = torch.einsum("mnpc,mnc,mnqc->cpq", U, w.reshape(m, n, c), U)
     ridge = 1e-8 * (1.0 + hessian.diagonal(dim1=1, dim2=2).abs().mean())
     hessian = hessian + ridge * torch.eye(P, dtype=U.dtype, device=U.device)
     direction = torch.linalg.solve(hessian, gradient.T.unsqueeze(-1))[..., 0].T.reshape(-1)
-    accepted = _damped_step(objective, identity, objective(identity), direction)
+    accepted = _damped_step(objective, identity, float(nll_at_identity.detach()) / m, direction)
     flat = (accepted[0] if accepted is not None else identity).reshape(P, c).float()
     blocks = torch.split(flat, [p * p for p in sizes], dim=0)
     return tuple(block.reshape(p, p, c) for block, p in zip(blocks, sizes))
