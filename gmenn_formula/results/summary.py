@@ -165,12 +165,14 @@ class Summary:
         steps = np.mean([h["leapfrog_steps"] for h in history])
         divergences = int(np.sum([h["divergences"] for h in history]))
         estep = sum(h["estep_seconds"] for h in history)
+        waited = sum(h.get("seconds", h["estep_seconds"] + h["mstep_seconds"]) - h["mstep_seconds"] for h in history)
+        beside = f" ({estep - waited:.1f} s of it beside the M-step)" if estep - waited >= 0.05 else ""
         training = any(h["phase"] == "train" for h in history)
         draws = f"K = {config.training_draws} draws/epoch while training, then {config.draws}" if training else f"K = {config.draws} draws/epoch"
         return [
             f"E-step: {config.sampler} sampler, {draws}, R = {config.burn_in} burn-in;"
             f" mean acceptance {acceptance:.2f}, mean leapfrog steps {steps:.1f}, divergences {divergences}",
-            f" time: {self.state.seconds:.1f} s in all, E-step {estep:.1f} s",
+            f" time: {self.state.seconds:.1f} s in all, E-step {estep:.1f} s{beside}",
         ]
 
     def convergence_lines(self) -> list[str]:

@@ -40,6 +40,11 @@ class FitConfig:
     second (19.9/s vs 17.3 at depth 4 and 14.1 at depth 5, where NUTS runs
     its full ~34-step half orbit) and a 4x cheaper E-step per epoch; the
     Monte Carlo noise left is averaged out across epochs.
+    ``overlap_estep``: while a network trains, the next epoch's E-step runs on a
+    worker thread beside this epoch's M-step, given the network output at the
+    start of this epoch (so the draws a minibatch step uses are one epoch old in
+    F; the final phase, network frozen, is unaffected); on CPU torch then trains
+    with one thread fewer. False: the paper's strict alternation.
     ``parameter_expansion``: before averaging starts, the covariance M-step is
     parameter-expanded (PX-EM, see :func:`~gmenn_formula.mstep.step.expansion_maps`):
     same fixed point, far fewer epochs where a variance is small or at 0.
@@ -64,6 +69,7 @@ class FitConfig:
     max_average_epochs: int = 400
     mcse_target: float = 0.02
     parameter_expansion: bool = True
+    overlap_estep: bool = True
     final_epochs: int = 150
     seed: int = 0
     device: str = "auto"

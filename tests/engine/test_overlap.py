@@ -1,0 +1,58 @@
+"""The training E-step beside the M-step: a worker thread, network output one epoch old, torch threads restored."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import gmenn_formula as gf
+from gmenn_formula.estep.driver import EStep
+from gmenn_formula.simulation import simulate
+
+TINY = dict(epochs=4, patience=4, final_epochs=3, average_epochs=2, max_average_epochs=2, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return simulate(rows=600, features=3, levels=(20,), variances=(0.5,), family="gaussian", seed=4).data
+
+
+@pytest.fixture
+def draw_calls(monkeypatch):
+    """Per EStep.draw call: the thread it ran on and the F it was given."""
+    calls: list[tuple[str, np.ndarray]] = []
+    original = EStep.draw
+
+    def recording(self, F, covariances, dispersion):
+        calls.append((threading.current_thread().name, np.array(F)))
+        return original(self, F, covariances, dispersion)
+
+    monkeypatch.setattr(EStep, "draw", recording)
+    return calls
+
+
+def test_training_draws_run_beside_the_m_step_given_last_epochs_network(data, draw_calls):
+    threads = torch.get_num_threads()
+    fit = gf.gmenn("y ~ nn(x0 + x1 + x2) + (1 | g0)", data, **TINY)
+    assert torch.get_num_threads() == threads
+    train = fit.history[fit.history["phase"] == "train"]
+    training_calls = draw_calls[: len(train) + 1]  # one draw ahead of the last epoch is made and dropped
+    assert training_calls[0][0] == threading.main_thread().name
+    assert all(name.startswith("gmenn-estep") for name, _ in training_calls[1:])
+    # Epoch 1 draws given the initial network, and the draw for epoch 2 is made from the same network
+    # (a copy taken before epoch 1's M-step); epoch 3's draw sees the network after epoch 1's M-step.
+    np.testing.assert_array_equal(training_calls[0][1], training_calls[1][1])
+    assert not np.array_equal(training_calls[1][1], training_calls[2][1])
+    assert all(name == threading.main_thread().name for name, _ in draw_calls[len(train) + 1 :])
+    assert (train["seconds"] >= train["mstep_seconds"]).all()
+
+
+def test_strict_alternation_draws_on_the_main_thread(data, draw_calls):
+    fit = gf.gmenn("y ~ nn(x0 + x1 + x2) + (1 | g0)", data, overlap_estep=False, **TINY)
+    assert all(name == threading.main_thread().name for name, _ in draw_calls)
+    train = fit.history[fit.history["phase"] == "train"]
+    assert len(draw_calls) == len(fit.history)
+    np.testing.assert_allclose(train["seconds"] - train["mstep_seconds"], train["estep_seconds"], atol=1e-9)
