@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmenn_formula.errors import ControlError
 from gmenn_formula.estep import sampler
 from gmenn_formula.estep.model import ModelParams, TermArrays, compile_model, model_data
 from gmenn_formula.estep.precondition import build_whitening
@@ -47,7 +48,12 @@ class EStep:
     """Draws of the random effects given the fixed part, for one set of rows.
 
     ``terms``: per random-effect term codes (n,), Z (n, p), q; ``y``, ``trials`` (n,);
-    ``num_outputs`` c. The model is compiled once here; ``draw`` runs one epoch.
+    ``weights`` (n,): 1 for the rows the draws condition on, 0 for held-out rows (see
+    :meth:`set_weights`); ``num_outputs`` c. The model is compiled once here, and the
+    sampler once for ``config.num_draws`` draws (a *chunk*; ``config.burn_in`` must be
+    0): :meth:`draw` runs as many chunks as an epoch's K needs and drops its R burn-in
+    draws itself, so the K = 2 epochs of training and the K = 4 epochs of the final
+    phase share one compilation (~2-3 s of XLA on 2 CPU cores for the base scenario).
     """
 
     def __init__(
@@ -56,14 +62,17 @@ class EStep:
         terms: tuple[TermArrays, ...],
         y: np.ndarray,
         trials: np.ndarray,
+        weights: np.ndarray,
         num_outputs: int,
         config: sampler.SamplerConfig,
         seed: int,
     ) -> None:
+        if config.burn_in:
+            raise ControlError("EStep drops the burn-in draws itself: pass a SamplerConfig with burn_in=0.")
         self.family = family
         self.config = config
         self.compiled = compile_model(family, terms, y, trials, num_outputs)
-        self.data = model_data(terms, y, trials)
+        self.data = model_data(terms, y, trials, weights)
         self.shapes = self.compiled.shapes
         start = tuple(jnp.zeros((q, p * c), jnp.float32) for q, p, c in self.shapes)
         self.state = sampler.init(start, config)
@@ -73,25 +82,25 @@ class EStep:
         # binomial GLMM barely moved (usable step 0.085) and their second moments collapsed the variances.
         self.cold = True
         self.key = jax.random.PRNGKey(seed)
-        compiled, data = self.compiled, self.data
+        compiled = self.compiled
 
-        def whitening(center, params: ModelParams, precisions):
+        def whitening(center, params: ModelParams, data: ModelData, precisions):
             fisher = family.jax_fisher(compiled.eta(center, params, data), data.trials, params.dispersion)
-            return build_whitening(center, fisher, data.codes, data.Z, precisions)
+            return build_whitening(center, fisher * data.weights[:, None, None], data.codes, data.Z, precisions)
 
         self._whitening = jax.jit(whitening)
 
-    def continue_from(self, other: EStep) -> None:
-        """Start where ``other`` (same terms and levels, other rows) stopped: its last
-        draw, its whitening center and its adapted step size. A cold start at zero
-        effects with the initial step size accepts almost nothing in its first epochs,
-        and variance estimates taken from those draws collapse toward zero."""
-        self.state = other.state
-        self.center = other.center
-        self.cold = False
+    def set_weights(self, weights: np.ndarray) -> None:
+        """Row weights (n,) of the following draws, e.g. all ones for a network fit's final phase;
+        the chain, its step size and the compiled functions carry on."""
+        self.data = self.data._replace(weights=jnp.asarray(weights, jnp.float32))
 
-    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float) -> EpochDraws:
-        """One epoch of K draws (R dropped) given F (n, c), per term covariances (c, p, p)."""
+    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
+        """One epoch of ``num_draws`` (K) draws, the first ``burn_in`` (R) dropped, given F (n, c)
+        and per term covariances (c, p, p). K must be a multiple of the compiled chunk."""
+        chunk = self.config.num_draws
+        if num_draws % chunk or not 0 <= burn_in < num_draws:
+            raise ControlError(f"An E-step compiled for chunks of {chunk} draws cannot make K={num_draws}, R={burn_in}.")
         floored = [_floored(S) for S in covariances]
         chols = [np.linalg.cholesky(S).astype(np.float32) for S in floored]
         params = ModelParams(
@@ -102,15 +111,27 @@ class EStep:
         whitening = None
         if self.config.kind == "whitened":
             precisions = tuple(jnp.asarray(np.linalg.inv(S), jnp.float32) for S in floored)
-            whitening = self._whitening(self.center, params, precisions)
-        self.key, key = jax.random.split(self.key)
+            whitening = self._whitening(self.center, params, self.data, precisions)
         if self.cold and whitening is not None:
             self.key, start_key = jax.random.split(self.key)
             self.state = self.state._replace(position=_approximate_posterior_draw(start_key, whitening))
         self.cold = False
-        self.state, draws, info = sampler.sample_epoch(
-            key, self.state, self.compiled.logdensity, self.config, whitening, (params, self.data)
-        )
-        self.center = tuple(d.mean(axis=0) for d in draws)
-        effects = tuple(np.array(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(draws, self.shapes))
-        return EpochDraws(effects=effects, info=jax.device_get(info))
+        chunks, infos = [], []
+        for _ in range(num_draws // chunk):
+            self.key, key = jax.random.split(self.key)
+            self.state, draws, info = sampler.sample_epoch(
+                key, self.state, self.compiled.logdensity, self.config, whitening, (params, self.data)
+            )
+            chunks.append(draws)
+            infos.append(info)
+        kept = tuple(jnp.concatenate(term)[burn_in:] for term in zip(*chunks))
+        self.center = tuple(d.mean(axis=0) for d in kept)
+        effects = tuple(np.array(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(kept, self.shapes))
+        return EpochDraws(effects=effects, info=jax.device_get(_concatenate(infos)))
+
+
+def _concatenate(infos: list[sampler.EpochInfo]) -> sampler.EpochInfo:
+    """One EpochInfo for an epoch of several chunks: per-draw arrays joined, the mean step size."""
+    step_size = jnp.mean(jnp.stack([info.step_size for info in infos]))
+    joined = [jnp.concatenate(arrays) for arrays in zip(*(info[1:] for info in infos))]
+    return sampler.EpochInfo(step_size, *joined)

@@ -4,7 +4,12 @@ The model (n rows, c outputs, per random-effect term l: q_l levels, p_l coeffici
 
     B_l[q, c, :] ~ MvNormal(0, chol = L_l[c])          (p_l,) per level and class
     eta          = F + sum_l (B_l[codes_l] * Z_l[:, None, :]).sum(-1)      (n, c)
-    y            ~ family(eta)
+    log p(y | B) = sum_i w_i log family(y_i | eta_i)     (a pm.Potential)
+
+The row weights w (n,) are 1 for the rows the E-step conditions on and 0 for
+held-out rows: a network fit compiles one model on all rows and samples given
+its training rows (validation rows weighted 0) while it trains, then given all
+rows in its final phase, with the same compiled function.
 
 PyMC's own JAX path bakes ``pm.Data`` in as constants (stale after
 ``set_data``, and slow to compile for large n). We build the model with
@@ -59,10 +64,11 @@ class TermArrays:
 
 
 class ModelData(NamedTuple):
-    """Data arrays of the E-step (JAX): ``y`` (n,), ``trials`` (n,), per term codes and Z."""
+    """Data arrays of the E-step (JAX): ``y`` (n,), ``trials`` (n,), row ``weights`` (n,), per term codes and Z."""
 
     y: jax.Array
     trials: jax.Array
+    weights: jax.Array
     codes: tuple[jax.Array, ...]
     Z: tuple[jax.Array, ...]
 
@@ -104,6 +110,7 @@ def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, tr
         dispersion = pm.Data("dispersion", np.float32(1.0))
         y_data = pm.Data("y", y)
         trials_data = pm.Data("trials", trials)
+        weights = pm.Data("weights", np.ones(n, np.float32))
         eta = F
         for index, term in enumerate(terms):
             chol = pm.Data(f"chol_{index}", np.tile(np.eye(term.num_coefs, dtype=np.float32), (num_outputs, 1, 1)))
@@ -112,7 +119,7 @@ def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, tr
             B = pm.MvNormal(f"B_{index}", mu=0.0, chol=chol, shape=(term.num_levels, num_outputs, term.num_coefs))
             eta = eta + (B[codes] * Z[:, None, :]).sum(-1)
         pm.Deterministic("eta", eta)
-        family.pymc_observed("y_obs", eta, y_data, trials_data, dispersion)
+        pm.Potential("y_obs", (weights * pm.logp(family.pymc_distribution(eta, trials_data, dispersion), y_data)).sum())
     return model, {name: var for name, var in model.named_vars.items() if isinstance(var, pytensor.compile.SharedVariable)}
 
 
@@ -122,7 +129,7 @@ def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, 
     inputs = {name: pt.tensor(name=name, dtype=var.dtype, shape=var.get_value().shape) for name, var in shared.items()}
     (eta_values,) = model.replace_rvs_by_values([model["eta"]])
     logp, eta = graph_replace([model.logp(), eta_values], {shared[name]: inputs[name] for name in shared}, strict=False)
-    order = ["F", "dispersion", "y", "trials"]
+    order = ["F", "dispersion", "y", "trials", "weights"]
     for index in range(len(terms)):
         order += [f"chol_{index}", f"codes_{index}", f"Z_{index}"]
     values = [model[f"B_{index}"] for index in range(len(terms))]
@@ -132,7 +139,7 @@ def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, 
 
     def call(position, params: ModelParams, data: ModelData):
         blocks = [_to_pymc_layout(b, s) for b, s in zip(position, shapes)]
-        named = {"F": params.F, "dispersion": params.dispersion, "y": data.y, "trials": data.trials}
+        named = {"F": params.F, "dispersion": params.dispersion, "y": data.y, "trials": data.trials, "weights": data.weights}
         for index in range(len(terms)):
             named |= {f"chol_{index}": params.chols[index], f"codes_{index}": data.codes[index], f"Z_{index}": data.Z[index]}
         return jax_fn(*blocks, *(named[name] for name in order))
@@ -145,11 +152,12 @@ def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, 
     )
 
 
-def model_data(terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray) -> ModelData:
-    """Device arrays of the data (float32 / int32)."""
+def model_data(terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, weights: np.ndarray) -> ModelData:
+    """Device arrays of the data (float32 / int32); ``weights`` (n,) row weights of the likelihood."""
     return ModelData(
         y=jnp.asarray(y),
         trials=jnp.asarray(trials, dtype=jnp.float32),
+        weights=jnp.asarray(weights, dtype=jnp.float32),
         codes=tuple(jnp.asarray(t.codes, dtype=jnp.int32) for t in terms),
         Z=tuple(jnp.asarray(t.Z, dtype=jnp.float32) for t in terms),
     )

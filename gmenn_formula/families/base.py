@@ -1,6 +1,6 @@
 """The family interface: one response distribution and its link, in every backend.
 
-Each family gives the same log-likelihood three ways: a PyMC observed variable
+Each family gives the same log-likelihood three ways: a PyMC distribution
 (the E-step model), a torch per-row negative log-likelihood (the M-step loss) with its Fisher diagonal
 and a JAX per-row Fisher information (the E-step sampler's preconditioner).
 Shapes: ``eta`` (n, c) linear predictor, ``y`` (n,), ``trials`` (n,).
@@ -21,14 +21,19 @@ class Family(ABC):
     link: str
     has_dispersion: bool = False
     """True when the family has a residual variance estimated in the M-step (gaussian)."""
+    shift_invariant: bool = False
+    """True when adding one constant to every column of a row's eta leaves its likelihood
+    unchanged (the softmax); the M-step then averages the random effects' second moments
+    over that direction exactly (:func:`~gmenn_formula.mstep.step.softmax_second_moments`)."""
 
     def num_outputs(self, num_classes: int | None) -> int:
         """Columns c of the linear predictor: the classes for categorical, else 1."""
         return 1
 
     @abstractmethod
-    def pymc_observed(self, name: str, eta, y, trials, dispersion):
-        """Register the observed variable in the active PyMC model; ``eta`` (n, c) pytensor."""
+    def pymc_distribution(self, eta, trials, dispersion):
+        """The response distribution of the n rows given ``eta`` (n, c) pytensor, unregistered
+        (``Dist.dist(...)``): the E-step model weights its per-row log-probabilities."""
 
     @abstractmethod
     def torch_nll(self, eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, dispersion: float) -> torch.Tensor:

@@ -15,8 +15,8 @@ class Binomial(Family):
     name = "binomial"
     link = "logit"
 
-    def pymc_observed(self, name, eta, y, trials, dispersion):
-        return pm.Binomial(name, n=trials, logit_p=eta[:, 0], observed=y)
+    def pymc_distribution(self, eta, trials, dispersion):
+        return pm.Binomial.dist(n=trials, logit_p=eta[:, 0])
 
     def torch_nll(self, eta, y, trials, dispersion):
         logit = eta[:, 0]

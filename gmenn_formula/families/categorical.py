@@ -15,12 +15,13 @@ from gmenn_formula.families.base import Family
 class Categorical(Family):
     name = "categorical"
     link = "softmax"
+    shift_invariant = True
 
     def num_outputs(self, num_classes):
         return int(num_classes)
 
-    def pymc_observed(self, name, eta, y, trials, dispersion):
-        return pm.Categorical(name, logit_p=eta, observed=y)
+    def pymc_distribution(self, eta, trials, dispersion):
+        return pm.Categorical.dist(logit_p=eta)
 
     def torch_nll(self, eta, y, trials, dispersion):
         return torch.nn.functional.cross_entropy(eta, y.long(), reduction="none")

@@ -18,8 +18,8 @@ class Gaussian(Family):
     link = "identity"
     has_dispersion = True
 
-    def pymc_observed(self, name, eta, y, trials, dispersion):
-        return pm.Normal(name, mu=eta[:, 0], sigma=pt.sqrt(dispersion), observed=y)
+    def pymc_distribution(self, eta, trials, dispersion):
+        return pm.Normal.dist(mu=eta[:, 0], sigma=pt.sqrt(dispersion))
 
     def torch_nll(self, eta, y, trials, dispersion):
         return 0.5 * (math.log(2 * math.pi * dispersion) + (y - eta[:, 0]) ** 2 / dispersion)

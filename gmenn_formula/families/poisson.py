@@ -15,8 +15,8 @@ class Poisson(Family):
     name = "poisson"
     link = "log"
 
-    def pymc_observed(self, name, eta, y, trials, dispersion):
-        return pm.Poisson(name, mu=pt.exp(eta[:, 0]), observed=y)
+    def pymc_distribution(self, eta, trials, dispersion):
+        return pm.Poisson.dist(mu=pt.exp(eta[:, 0]))
 
     def torch_nll(self, eta, y, trials, dispersion):
         log_mu = eta[:, 0]

@@ -15,9 +15,16 @@ class FitConfig:
     Networks (``nn()`` present): at most ``epochs`` EM epochs of Adam
     (``learning_rate``) over minibatches of ``batch_size`` rows, early stopping
     on a ``validation_fraction`` split with ``patience``, best weights restored;
-    then, on all rows with the network frozen, EM for the variance components
-    until they settle (at most ``final_epochs`` epochs), then ``average_epochs``
-    epochs averaged into the reported variances.
+    then, on all rows with the network frozen, ``final_epochs`` epochs of
+    (parameter-expanded) EM for the variance components, starting from the best
+    epoch's, then at least ``average_epochs`` epochs averaged into the reported
+    variances. The final phase has no settle test: the variances went through EM
+    during all of training, and on the paper's base scenario the parameter-expanded
+    iterates of poorly identified components (a 10-level factor's per-class
+    variances, variances near 0) wander by more than the Monte Carlo noise the test
+    allows, so it never passed within 150 epochs, while 10 epochs gave the same
+    estimates (variance MAE .104/.107 vs .105/.113 on two seeds at 20,000 rows) in
+    two thirds of the time.
 
     Plain GLMM (no ``nn()``): all rows, exact M-step for the linear fixed
     effects, EM until the parameters move less than ``tolerance`` (relative,
@@ -70,7 +77,7 @@ class FitConfig:
     mcse_target: float = 0.02
     parameter_expansion: bool = True
     overlap_estep: bool = True
-    final_epochs: int = 150
+    final_epochs: int = 10
     seed: int = 0
     device: str = "auto"
     verbose: int = 1

@@ -16,6 +16,7 @@ means are then re-estimated on all rows with the network frozen.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +44,7 @@ from gmenn_formula.mstep.step import (
     newton_fixed_effects,
     random_part,
     residual_variance,
+    softmax_second_moments,
     train_epoch,
     variance_statistics,
 )
@@ -118,22 +120,20 @@ def _rows(design: Design, index: np.ndarray, drop_intercept: bool, device: torch
     )
 
 
-def _terms(design: Design, index: np.ndarray) -> tuple[TermArrays, ...]:
+def _terms(design: Design) -> tuple[TermArrays, ...]:
     return tuple(
-        TermArrays(codes=r.codes[index].astype(np.int32), Z=r.Z[index].astype(np.float32), num_levels=r.num_levels)
-        for r in design.random
+        TermArrays(codes=r.codes.astype(np.int32), Z=r.Z.astype(np.float32), num_levels=r.num_levels) for r in design.random
     )
 
 
-def _estep(design: Design, index: np.ndarray, family: Family, c: int, config: FitConfig, seed: int, num_draws: int) -> EStep:
+def _estep(design: Design, family: Family, c: int, config: FitConfig, chunk: int, weights: np.ndarray) -> EStep:
+    """The E-step on all rows of ``design``, ``weights`` (n,) 1 for the rows it conditions on,
+    the sampler compiled for ``chunk`` draws per call."""
     response = design.response
-    y = response.y[index]
-    y = y.astype(np.int32) if family.name == "categorical" else y.astype(np.float32)
-    trials = (response.trials[index] if response.trials is not None else np.ones(len(index))).astype(np.float32)
-    sampler = SamplerConfig(
-        kind=config.sampler, num_draws=num_draws, burn_in=config.burn_in, max_tree_depth=config.tree_depth()
-    )
-    return EStep(family, _terms(design, index), y, trials, c, sampler, seed)
+    y = response.y.astype(np.int32) if family.name == "categorical" else response.y.astype(np.float32)
+    trials = (response.trials if response.trials is not None else np.ones(len(y))).astype(np.float32)
+    sampler = SamplerConfig(kind=config.sampler, num_draws=chunk, burn_in=0, max_tree_depth=config.tree_depth())
+    return EStep(family, _terms(design), y, trials, weights, c, sampler, config.seed)
 
 
 def _predict_fixed(model: FixedPart, rows: Rows) -> torch.Tensor:
@@ -163,10 +163,10 @@ def _m_step_covariances(statistics: list[torch.Tensor], design: Design) -> list[
     return result
 
 
-def _timed_draw(estep: EStep, F: torch.Tensor, covariances, dispersion: float | None) -> tuple[EpochDraws, float]:
-    """One E-step given F (n, c) and the wall seconds it took."""
+def _timed_draw(estep: EStep, F: torch.Tensor, covariances, dispersion: float | None, num_draws: int, burn_in: int) -> tuple[EpochDraws, float]:
+    """One E-step of K = ``num_draws`` draws (R = ``burn_in`` dropped) given F (n, c), and the wall seconds it took."""
     started = time.perf_counter()
-    draws = estep.draw(F.cpu().numpy(), covariances, dispersion if dispersion is not None else 1.0)
+    draws = estep.draw(F.cpu().numpy(), covariances, dispersion if dispersion is not None else 1.0, num_draws, burn_in)
     return draws, time.perf_counter() - started
 
 
@@ -182,12 +182,26 @@ class _EpochInputs:
     seconds: float
 
 
-def _epoch_inputs(model: FixedPart, estep: EStep, rows: Rows, covariances, dispersion, penalty: float) -> _EpochInputs:
-    """F of ``model`` on ``rows``, one E-step given it, and the draws' loss offsets."""
-    F = _predict_fixed(model, rows)
-    draws, seconds = _timed_draw(estep, F, covariances, dispersion)
-    effects = tuple(torch.as_tensor(B, device=F.device) for B in draws.effects)
-    return _EpochInputs(F, draws, DrawOffsets.from_draws(effects, rows, penalty), seconds)
+@dataclass(frozen=True)
+class _TrainingEStep:
+    """The E-step of a training epoch: F on all ``rows`` (the E-step is compiled for all of
+    them and weights the held-out ones 0), K draws, and their loss offsets for the training
+    rows ``train_rows`` (``training`` (n_t,): their positions in ``rows``)."""
+
+    estep: EStep
+    rows: Rows
+    train_rows: Rows
+    training: torch.Tensor
+    num_draws: int
+    burn_in: int
+    penalty: float
+
+    def __call__(self, model: FixedPart, covariances, dispersion) -> _EpochInputs:
+        F = _predict_fixed(model, self.rows)
+        draws, seconds = _timed_draw(self.estep, F, covariances, dispersion, self.num_draws, self.burn_in)
+        effects = tuple(torch.as_tensor(B, device=F.device) for B in draws.effects)
+        offsets = DrawOffsets.from_draws(effects, self.train_rows, self.penalty)
+        return _EpochInputs(F[self.training], draws, offsets, seconds)
 
 
 class _DrawAhead:
@@ -211,10 +225,9 @@ class _DrawAhead:
     def pending(self) -> bool:
         return self.future is not None
 
-    def submit(self, model: FixedPart, estep: EStep, rows: Rows, covariances, dispersion, penalty: float) -> None:
+    def submit(self, inputs: _TrainingEStep, model: FixedPart, covariances, dispersion) -> None:
         """Start the next epoch's inputs from a copy of ``model`` as it is now."""
-        snapshot = copy.deepcopy(model)
-        self.future = self.executor.submit(_epoch_inputs, snapshot, estep, rows, covariances, dispersion, penalty)
+        self.future = self.executor.submit(inputs, copy.deepcopy(model), covariances, dispersion)
 
     def take(self) -> tuple[_EpochInputs, float]:
         """The pending inputs and the seconds waited for them."""
@@ -345,8 +358,8 @@ class _Fit:
     def rows(self, index: np.ndarray) -> Rows:
         return _rows(self.design, index, self.drop_intercept, self.device)
 
-    def estep(self, index: np.ndarray, seed_offset: int, num_draws: int) -> EStep:
-        return _estep(self.design, index, self.family, self.c, self.config, self.config.seed + seed_offset, num_draws)
+    def estep(self, chunk: int, weights: np.ndarray) -> EStep:
+        return _estep(self.design, self.family, self.c, self.config, chunk, weights)
 
     def torch_effects(self, effects: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(torch.as_tensor(B, device=self.device) for B in effects)
@@ -355,16 +368,18 @@ class _Fit:
         """E-step draws and the covariance/dispersion M-step given the current fixed part;
         ``expand``: parameter-expanded M-step (the returned effects are then the rescaled draws)."""
         F = _predict_fixed(self.model, rows)
-        draws, seconds = _timed_draw(estep, F, covariances, dispersion)
+        draws, seconds = _timed_draw(estep, F, covariances, dispersion, self.config.draws, self.config.burn_in)
         return (draws, *self.variance_update(draws, F, rows, covariances, dispersion, expand), seconds)
 
     def variance_update(self, draws: EpochDraws, F: torch.Tensor, rows: Rows, covariances, dispersion, expand: bool = False):
         """The covariance/dispersion M-step from ``draws`` drawn given F (n, c), ``covariances``
         and ``dispersion``. Returns the effects (rescaled if ``expand``), covariances, dispersion."""
         effects = self.torch_effects(draws.effects)
+        current = [torch.as_tensor(S, device=self.device) for S in covariances]
         if self.family.has_dispersion:
-            current = [torch.as_tensor(S, device=self.device) for S in covariances]
             statistics = gaussian_second_moments(effects, rows, F, current, dispersion)
+        elif self.family.shift_invariant:
+            statistics = softmax_second_moments(effects, current)
         else:
             statistics = [variance_statistics(B) for B in effects]
         if expand:
@@ -429,12 +444,12 @@ class _Fit:
             **extra,
         )
 
-    def settle_then_average(self, estep, rows, covariances, dispersion, max_em_epochs, first_epoch, fit_beta):
-        """EM epochs until the parameters settle (or ``max_em_epochs``), then at least
-        ``average_epochs`` epochs of stochastic approximation (the SA iterate is fed
-        back; see :mod:`~gmenn_formula.training.averaging`) until the Monte Carlo error
-        is small. ``fit_beta``: exact M-step for the linear fixed effects too.
-        Returns the averager, the effect moments, whether EM settled, the last epoch."""
+    def settle_then_average(self, estep, rows, covariances, dispersion, max_em_epochs, first_epoch, fit_beta, settle=True):
+        """EM epochs until the parameters settle (or ``max_em_epochs``; with ``settle`` False,
+        exactly ``max_em_epochs``), then at least ``average_epochs`` epochs of stochastic
+        approximation (the SA iterate is fed back; see :mod:`~gmenn_formula.training.averaging`)
+        until the Monte Carlo error is small. ``fit_beta``: exact M-step for the linear fixed
+        effects too. Returns the averager, the effect moments, whether EM settled, the last epoch."""
         config = self.config
         averager = Averager(config.window, config.tolerance)
         moments = _EffectMoments(self.shapes, self.max_draws())
@@ -475,14 +490,16 @@ class _Fit:
                     )
                     break
             if not averager.averaging:
-                settled = averager.settled()
-                if not settled and epoch - first_epoch < max_em_epochs:
+                em_epochs_left = epoch - first_epoch < max_em_epochs
+                if settle:
+                    settled = averager.settled()
+                if em_epochs_left and not (settle and settled):
                     continue
                 if not settled:
                     self.messages.append(
                         f"EM did not settle within {max_em_epochs} epochs (changes above Monte Carlo noise and "
                         f"tolerance {config.tolerance}); estimates are averages of the following epochs. "
-                        "Increase epochs= (final_epochs= for nn() fits) or check the model."
+                        "Increase epochs= or check the model."
                     )
                 averager.start_averaging()
         return averager, moments, settled, epoch
@@ -501,7 +518,7 @@ class _GlmmFit(_Fit):
         newton_fixed_effects(self.model, self.family, rows, no_effects, 1.0, steps=25)
         dispersion, scale = self.initial_dispersion_and_scale(rows)
         covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
-        estep = self.estep(index, 0, self.config.draws)
+        estep = self.estep(self.config.draws, np.ones(len(index)))
         averager, moments, settled, epoch = self.settle_then_average(
             estep, rows, covariances, dispersion, self.config.max_epochs(False), 0, fit_beta=True
         )
@@ -516,12 +533,19 @@ class _NetworkFit(_Fit):
         order = self.rng.permutation(index)
         num_validation = max(1, int(round(config.validation_fraction * len(order))))
         validation, training = np.sort(order[:num_validation]), np.sort(order[num_validation:])
-        train_rows, val_rows = self.rows(training), self.rows(validation)
+        rows, train_rows, val_rows = self.rows(index), self.rows(training), self.rows(validation)
         dispersion, scale = self.initial_dispersion_and_scale(train_rows)
         covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
-        estep = self.estep(training, 0, config.training_draws)
+        # One E-step for both phases: compiled on all rows, conditioned on the training rows while the network
+        # trains (validation rows weigh 0), in chunks that make both phases' K (saves a compilation, ~2.5 s).
+        weights = np.zeros(len(index))
+        weights[training] = 1.0
+        estep = self.estep(math.gcd(config.training_draws, config.draws), weights)
+        make_inputs = _TrainingEStep(
+            estep, rows, train_rows, torch.as_tensor(training, device=self.device), config.training_draws, config.burn_in,
+            config.penalty_for(True),
+        )
         optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
-        penalty = config.penalty_for(True)
         best = (np.inf, None, 0)
         waited = 0
         epoch = 0
@@ -533,13 +557,13 @@ class _NetworkFit(_Fit):
                 if ahead is not None and ahead.pending:
                     inputs, wait_seconds = ahead.take()
                 else:
-                    inputs = _epoch_inputs(self.model, estep, train_rows, covariances, dispersion, penalty)
+                    inputs = make_inputs(self.model, covariances, dispersion)
                     wait_seconds = inputs.seconds
                 effects, covariances, new_dispersion = self.variance_update(
                     inputs.draws, inputs.F, train_rows, covariances, dispersion
                 )
                 if ahead is not None:
-                    ahead.submit(self.model, estep, train_rows, covariances, new_dispersion, penalty)
+                    ahead.submit(make_inputs, self.model, covariances, new_dispersion)
                 loss = train_epoch(
                     self.model, optimizer, self.family, train_rows, inputs.offsets, dispersion or 1.0, config.batch_size,
                     self.generator,
@@ -571,21 +595,19 @@ class _NetworkFit(_Fit):
             )
         best_loss, state, best_epoch, covariances, dispersion = best
         self.model.load_state_dict(state)
-        return self.final_phase(index, estep, covariances, dispersion, converged, epoch, best_epoch, best_loss)
+        return self.final_phase(rows, estep, covariances, dispersion, converged, epoch, best_epoch, best_loss)
 
     def validation_loss(self, rows: Rows, center: tuple[torch.Tensor, ...], dispersion: float | None) -> float:
         F = _predict_fixed(self.model, rows)
         return float(expected_nll(self.family, F, random_part(center, rows), rows, dispersion or 1.0)) / len(rows)
 
-    def final_phase(self, index, training_estep, covariances, dispersion, converged, epochs, best_epoch, best_loss) -> FitState:
-        """Variance components and effects on all rows with the network frozen, the
-        sampler continuing from the training E-step."""
-        rows = self.rows(index)
-        estep = self.estep(index, 1, self.config.draws)
-        estep.continue_from(training_estep)
-        averager, moments, settled, epoch = self.settle_then_average(
-            estep, rows, covariances, dispersion, self.config.final_epochs, epochs, fit_beta=False
+    def final_phase(self, rows, estep, covariances, dispersion, converged, epochs, best_epoch, best_loss) -> FitState:
+        """Variance components and effects on all ``rows`` with the network frozen, the training
+        E-step's chain continuing on all rows: ``final_epochs`` parameter-expanded EM epochs from
+        the best epoch's covariances, then averaging (no settle test: see FitConfig). A chain
+        started afresh at zero effects accepted almost nothing at first and collapsed the variances."""
+        estep.set_weights(np.ones(len(rows)))
+        averager, moments, _, epoch = self.settle_then_average(
+            estep, rows, covariances, dispersion, self.config.final_epochs, epochs, fit_beta=False, settle=False
         )
-        return self.finish(
-            averager, moments, converged and settled, epoch, best_epoch=best_epoch, best_validation_loss=best_loss
-        )
+        return self.finish(averager, moments, converged, epoch, best_epoch=best_epoch, best_validation_loss=best_loss)

@@ -17,6 +17,7 @@ from gmenn_formula.mstep.step import (
     expand_second_moments,
     expected_nll,
     random_part,
+    softmax_second_moments,
     train_epoch,
     variance_statistics,
 )
@@ -95,3 +96,38 @@ def test_stored_draws_are_thinned_evenly_across_the_whole_phase():
     kept = [float(d.ravel()[0]) for d in moments.draws([(1, 1, 1)])[0]]
     assert kept == [0.0, 16.0, 32.0, 48.0]
     assert float(moments.mean()[0].ravel()[0]) == np.arange(60).mean()
+
+
+def _per_class_covariances(c: int = 3) -> torch.Tensor:
+    """(c, 2, 2) covariances, one per class."""
+    L = torch.tensor([[[1.0, 0.0], [0.3, 0.5]], [[0.7, 0.0], [-0.2, 0.9]], [[0.4, 0.0], [0.1, 0.2]]])[:c]
+    return L @ L.transpose(1, 2)
+
+
+def test_softmax_second_moments_ignore_the_draws_common_shift():
+    """A shift of a level's coefficient by the same amount in every class leaves the softmax, and the
+    Rao-Blackwellised moments, unchanged; the draws' plain second moments move."""
+    g = torch.Generator().manual_seed(2)
+    Sigma = _per_class_covariances()
+    B = torch.randn(4, 30, 2, 3, generator=g, dtype=torch.float64)
+    shifted = B + 5 * torch.randn(4, 30, 2, 1, generator=g, dtype=torch.float64)
+    (before,), (after,) = softmax_second_moments((B,), [Sigma]), softmax_second_moments((shifted,), [Sigma])
+    torch.testing.assert_close(before, after)
+    assert not torch.allclose(variance_statistics(B).double(), variance_statistics(shifted).double())
+
+
+def test_softmax_second_moments_are_unbiased_with_less_noise():
+    """Draws from the prior (no data: the likelihood is flat, shift invariance holds): both
+    estimators average to Sigma, the Rao-Blackwellised one with a smaller spread."""
+    g = torch.Generator().manual_seed(3)
+    Sigma = _per_class_covariances()
+    L = torch.linalg.cholesky(Sigma)
+    plain, blackwellised = [], []
+    for _ in range(400):
+        B = torch.einsum("cij,mqjc->mqic", L, torch.randn(2, 20, 2, 3, generator=g))
+        plain.append(variance_statistics(B).double())
+        blackwellised.append(softmax_second_moments((B,), [Sigma])[0])
+    plain, blackwellised = torch.stack(plain), torch.stack(blackwellised)
+    torch.testing.assert_close(blackwellised.mean(0), Sigma.double(), atol=0.03, rtol=0.05)
+    torch.testing.assert_close(plain.mean(0), Sigma.double(), atol=0.03, rtol=0.05)
+    assert (blackwellised.var(0) < plain.var(0)).all()

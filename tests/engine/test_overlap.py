@@ -26,9 +26,9 @@ def draw_calls(monkeypatch):
     calls: list[tuple[str, np.ndarray]] = []
     original = EStep.draw
 
-    def recording(self, F, covariances, dispersion):
+    def recording(self, F, *args):
         calls.append((threading.current_thread().name, np.array(F)))
-        return original(self, F, covariances, dispersion)
+        return original(self, F, *args)
 
     monkeypatch.setattr(EStep, "draw", recording)
     return calls
@@ -56,3 +56,14 @@ def test_strict_alternation_draws_on_the_main_thread(data, draw_calls):
     train = fit.history[fit.history["phase"] == "train"]
     assert len(draw_calls) == len(fit.history)
     np.testing.assert_allclose(train["seconds"] - train["mstep_seconds"], train["estep_seconds"], atol=1e-9)
+
+
+def test_one_e_step_compilation_serves_training_and_final_phase(data, monkeypatch):
+    from gmenn_formula.estep import driver
+
+    compiled = []
+    original = driver.compile_model
+    monkeypatch.setattr(driver, "compile_model", lambda *args: compiled.append(args) or original(*args))
+    fit = gf.gmenn("y ~ nn(x0 + x1 + x2) + (1 | g0)", data, **TINY)
+    assert len(compiled) == 1 and len(compiled[0][2]) == len(data)  # all rows
+    assert set(fit.history["phase"]) >= {"train", "em", "average"}
