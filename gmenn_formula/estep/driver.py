@@ -90,6 +90,13 @@ class EStep:
 
         self._whitening = jax.jit(whitening)
 
+    def use_sampler(self, config: sampler.SamplerConfig) -> None:
+        """Draw with ``config`` from now on (same chunk, burn_in 0; e.g. another tree depth), the
+        chain and its step size carrying on. A new configuration compiles the sampler once more."""
+        if config.num_draws != self.config.num_draws or config.burn_in:
+            raise ControlError(f"A new sampler must keep chunks of {self.config.num_draws} draws and burn_in=0.")
+        self.config = config
+
     def set_weights(self, weights: np.ndarray) -> None:
         """Row weights (n,) of the following draws, e.g. all ones for a network fit's final phase;
         the chain, its step size and the compiled functions carry on."""

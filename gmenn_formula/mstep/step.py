@@ -31,17 +31,9 @@ class Rows:
     def __len__(self) -> int:
         return self.y.shape[0]
 
-    def take(self, index: torch.Tensor) -> Rows:
-        """The rows ``index`` (b,)."""
-        return Rows(
-            X_networks=tuple(X[index] for X in self.X_networks),
-            X_fixed=self.X_fixed[index],
-            offset=self.offset[index],
-            y=self.y[index],
-            trials=self.trials[index],
-            codes=tuple(c[index] for c in self.codes),
-            Z=tuple(z[index] for z in self.Z),
-        )
+    def per_draw(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` and ``trials`` (m * n,) once per draw, in the layout of an (m, n, c) eta reshaped to (m * n, c)."""
+        return self.y.repeat(m), self.trials.repeat(m)
 
 
 def random_part(effects: tuple[torch.Tensor, ...], rows: Rows) -> torch.Tensor:
@@ -137,15 +129,21 @@ def train_epoch(
     return total / n
 
 
-def row_derivatives(family: Family, eta: torch.Tensor, rows: Rows, dispersion: float) -> tuple[torch.Tensor, torch.Tensor]:
+def row_derivatives(
+    family: Family, eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, dispersion: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient (n, c) and Hessian (n, c, c) of each row's NLL with respect to its eta (n, c).
 
     Rows are independent, so c + 1 backward passes of the summed NLL give them all.
     """
     eta = eta.detach().requires_grad_(True)
-    gradient = torch.autograd.grad(family.torch_nll(eta, rows.y, rows.trials, dispersion).sum(), eta, create_graph=True)[0]
+    gradient = torch.autograd.grad(family.torch_nll(eta, y, trials, dispersion).sum(), eta, create_graph=True)[0]
     columns = [torch.autograd.grad(gradient[:, k].sum(), eta, retain_graph=True)[0] for k in range(eta.shape[1])]
     return gradient.detach(), torch.stack(columns, dim=2).detach()
+
+
+NEWTON_DECREMENT = 1e-10
+"""Relative Newton decrement below which :func:`newton_fixed_effects` stops."""
 
 
 def newton_fixed_effects(
@@ -156,31 +154,37 @@ def newton_fixed_effects(
     makes the Hessian singular up to a small ridge, too small for float32).
 
     The Hessian in beta (k c, k c) is sum_i kron(x_i x_i^T, H_i) with H_i the
-    row Hessian in eta averaged over the draws. Returns the expected NLL per row.
+    row Hessian in eta averaged over the draws. Stops early once the Newton decrement
+    g^T H^-1 g (twice the decrease a full step promises) is below NEWTON_DECREMENT times
+    the objective: a gaussian model is solved by the first step, and the line search of a
+    second step at the optimum cost ~15 NLL passes over all rows and draws (0.5 s of a
+    1.9 s epoch at 10^6 rows). Returns the expected NLL per row.
     """
     beta = model.beta
     re = random_part(effects, rows).double()
     X, offset = rows.X_fixed.double(), rows.offset.double()
     k, c = beta.shape
     m = re.shape[0]
-    stacked = rows.take(torch.arange(len(rows)).repeat(m))
+    y, trials = rows.per_draw(m)
 
     def linear(flat: torch.Tensor) -> torch.Tensor:
         return ((X @ flat.reshape(k, c) + offset[:, None]).unsqueeze(0) + re).reshape(-1, c)
 
     def objective(flat: torch.Tensor) -> float:
-        return float(family.torch_nll(linear(flat), stacked.y, stacked.trials, dispersion).sum()) / m
+        return float(family.torch_nll(linear(flat), y, trials, dispersion).sum()) / m
 
     current = beta.detach().double().reshape(-1).clone()
     value = objective(current)
     for _ in range(steps):
-        g_eta, h_eta = row_derivatives(family, linear(current), stacked, dispersion)
+        g_eta, h_eta = row_derivatives(family, linear(current), y, trials, dispersion)
         g_eta = g_eta.reshape(m, -1, c).mean(0)
         h_eta = h_eta.reshape(m, -1, c, c).mean(0)
         gradient = (X.T @ g_eta).reshape(-1)
         hessian = torch.einsum("ni,nab,nj->iajb", X, h_eta, X).reshape(k * c, k * c)
         ridge = 1e-8 * (1.0 + hessian.diagonal().abs().mean()) * torch.eye(k * c, dtype=hessian.dtype)
         direction = torch.linalg.solve(hessian + ridge, gradient)
+        if float(gradient @ direction) <= NEWTON_DECREMENT * abs(value):
+            break
         accepted = _damped_step(objective, current, value, direction)
         if accepted is None:
             break
@@ -224,22 +228,22 @@ def expansion_maps(
     ]
     U = torch.cat(parts, dim=2).double()
     m, n, P, c = U.shape
-    stacked = rows.take(torch.arange(n, device=U.device).repeat(m))
+    y, trials = rows.per_draw(m)
     base = eta_fixed.double().unsqueeze(0)
 
     def eta(flat: torch.Tensor) -> torch.Tensor:
         return (base + torch.einsum("mnpc,pc->mnc", U, flat.reshape(P, c))).reshape(m * n, c)
 
     def objective(flat: torch.Tensor) -> float:
-        return float(family.torch_nll(eta(flat), stacked.y, stacked.trials, dispersion).sum()) / m
+        return float(family.torch_nll(eta(flat), y, trials, dispersion).sum()) / m
 
     sizes = [B.shape[2] for B in effects]
     identity = torch.cat([torch.eye(p, dtype=U.dtype, device=U.device).reshape(p * p, 1).expand(p * p, c) for p in sizes])
     identity = identity.reshape(-1)
     at_identity = eta(identity).requires_grad_(True)
-    nll_at_identity = family.torch_nll(at_identity, stacked.y, stacked.trials, dispersion).sum()
+    nll_at_identity = family.torch_nll(at_identity, y, trials, dispersion).sum()
     g = torch.autograd.grad(nll_at_identity, at_identity)[0]
-    w = family.torch_fisher_diagonal(at_identity.detach(), stacked.trials, dispersion)
+    w = family.torch_fisher_diagonal(at_identity.detach(), trials, dispersion)
     gradient = torch.einsum("mnpc,mnc->pc", U, g.reshape(m, n, c))
     hessian = torch.einsum("mnpc,mnc,mnqc->cpq", U, w.reshape(m, n, c), U)
     ridge = 1e-8 * (1.0 + hessian.diagonal(dim1=1, dim2=2).abs().mean())
@@ -296,7 +300,10 @@ def gaussian_second_moments(
         Z = Z.double()
         residual = rest + torch.einsum("bp,mbp->mb", Z, B[:, codes, :, 0].double())
         ZtZ = torch.zeros(q, p, p, dtype=Z.dtype, device=Z.device).index_add_(0, codes, Z[:, :, None] * Z[:, None, :])
-        Ztr = torch.zeros(m, q, p, dtype=Z.dtype, device=Z.device).index_add_(1, codes, residual[:, :, None] * Z[None])
+        # scatter_add_ along the rows: 0.006 s at 10^6 rows, where index_add_ along dim 1 took 0.095 s.
+        Ztr = torch.zeros(m, q, p, dtype=Z.dtype, device=Z.device).scatter_add_(
+            1, codes[None, :, None].expand(m, -1, p), residual[:, :, None] * Z[None]
+        )
         precision = torch.linalg.inv(Sigma[0].double()) + ZtZ / dispersion
         V = torch.linalg.inv(precision)
         mean = torch.einsum("qij,mqj->mqi", V, Ztr) / dispersion

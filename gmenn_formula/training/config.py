@@ -8,6 +8,10 @@ from dataclasses import dataclass, fields
 from gmenn_formula.errors import ControlError
 
 
+TRAINING_TREE_DEPTH = 3
+VARIANCE_TREE_DEPTH = 5
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """How the Monte Carlo EM runs.
@@ -40,13 +44,21 @@ class FitConfig:
     the loss needs only an unbiased draw, and the variance components are
     estimated again in the final phase with ``draws``; measured on the base
     scenario at 100,000 rows this takes the E-step from 0.20 s to 0.08 s per
-    epoch and the M-step from 2 + K - R to 2 NLL evaluations per row). With ``sampler`` "whitened" (default) or "paper"; NUTS builds at
-    most ``max_tree_depth`` doublings (2**depth - 1 leapfrog steps) per draw
-    (None: 3 for "whitened", the paper's 10 for "paper"). Depth 3 (7 steps): on the paper's base scenario (20,000
-    rows, whitened target) it gives the most effective draws of B^2 per
-    second (19.9/s vs 17.3 at depth 4 and 14.1 at depth 5, where NUTS runs
-    its full ~34-step half orbit) and a 4x cheaper E-step per epoch; the
-    Monte Carlo noise left is averaged out across epochs.
+    epoch and the M-step from 2 + K - R to 2 NLL evaluations per row). With
+    ``sampler`` "whitened" (default) or "paper"; NUTS builds at most
+    ``max_tree_depth`` doublings (2**depth - 1 leapfrog steps) per draw.
+    None: the paper's 10 for "paper"; for "whitened", 3 while a network trains
+    and for gaussian models (whose covariance statistics are exact given the
+    other terms' draws), 5 where draws set reported variances of other
+    families (plain GLMMs, the final phase of network fits). Depth 3 (7 steps)
+    gives the most effective draws of B^2 per second on a fixed target (paper's
+    base scenario at 20,000 rows: 19.9/s vs 14.1 at depth 5) and a 4x cheaper
+    epoch, but its short trajectories leave slow directions of crossed factors
+    unexplored, and EM fed by them settles low: three crossed factors of
+    10,000 levels, 100,000 binary rows, truth .5/.3/.2: .446/.284/.171 after 65
+    epochs at depth 3, .485/.301/.181 after 40 at depth 5 (depth 6 the same;
+    poisson .548/.316/.202 after 101 vs .489/.297/.192 after 53); the paper's
+    base scenario: variance MAE .101/.108 vs .088/.085 (two seeds).
     ``overlap_estep``: while a network trains, the next epoch's E-step runs on a
     worker thread beside this epoch's M-step, given the network output at the
     start of this epoch (so the draws a minibatch step uses are one epoch old in
@@ -72,7 +84,7 @@ class FitConfig:
     validation_fraction: float = 0.1
     tolerance: float = 2e-3
     window: int = 10
-    average_epochs: int = 40
+    average_epochs: int = 20
     max_average_epochs: int = 400
     mcse_target: float = 0.02
     parameter_expansion: bool = True
@@ -121,11 +133,14 @@ class FitConfig:
         """``epochs`` or its default: 100 with networks, 2000 for a plain GLMM."""
         return self.epochs if self.epochs is not None else (100 if has_networks else 2000)
 
-    def tree_depth(self) -> int:
-        """``max_tree_depth`` or the sampler's default."""
+    def tree_depth(self, variances: bool, exact_moments: bool) -> int:
+        """``max_tree_depth`` or the sampler's default for draws that set reported ``variances``
+        (else they feed a network's loss) in a family with ``exact_moments`` (gaussian) or not."""
         if self.max_tree_depth is not None:
             return self.max_tree_depth
-        return 3 if self.sampler == "whitened" else 10
+        if self.sampler == "paper":
+            return 10
+        return VARIANCE_TREE_DEPTH if variances and not exact_moments else TRAINING_TREE_DEPTH
 
     def penalty_for(self, has_networks: bool) -> float:
         return self.penalty if self.penalty is not None else (1.0 if has_networks else 0.0)

@@ -126,13 +126,17 @@ def _terms(design: Design) -> tuple[TermArrays, ...]:
     )
 
 
-def _estep(design: Design, family: Family, c: int, config: FitConfig, chunk: int, weights: np.ndarray) -> EStep:
-    """The E-step on all rows of ``design``, ``weights`` (n,) 1 for the rows it conditions on,
-    the sampler compiled for ``chunk`` draws per call."""
+def _sampler(config: FitConfig, family: Family, chunk: int, variances: bool) -> SamplerConfig:
+    """Sampler settings for chunks of ``chunk`` draws that set reported ``variances`` or feed a network's loss."""
+    depth = config.tree_depth(variances, exact_moments=family.has_dispersion)
+    return SamplerConfig(kind=config.sampler, num_draws=chunk, burn_in=0, max_tree_depth=depth)
+
+
+def _estep(design: Design, family: Family, c: int, config: FitConfig, sampler: SamplerConfig, weights: np.ndarray) -> EStep:
+    """The E-step on all rows of ``design``, ``weights`` (n,) 1 for the rows it conditions on."""
     response = design.response
     y = response.y.astype(np.int32) if family.name == "categorical" else response.y.astype(np.float32)
     trials = (response.trials if response.trials is not None else np.ones(len(y))).astype(np.float32)
-    sampler = SamplerConfig(kind=config.sampler, num_draws=chunk, burn_in=0, max_tree_depth=config.tree_depth())
     return EStep(family, _terms(design), y, trials, weights, c, sampler, config.seed)
 
 
@@ -358,8 +362,11 @@ class _Fit:
     def rows(self, index: np.ndarray) -> Rows:
         return _rows(self.design, index, self.drop_intercept, self.device)
 
-    def estep(self, chunk: int, weights: np.ndarray) -> EStep:
-        return _estep(self.design, self.family, self.c, self.config, chunk, weights)
+    def sampler(self, chunk: int, variances: bool) -> SamplerConfig:
+        return _sampler(self.config, self.family, chunk, variances)
+
+    def estep(self, sampler: SamplerConfig, weights: np.ndarray) -> EStep:
+        return _estep(self.design, self.family, self.c, self.config, sampler, weights)
 
     def torch_effects(self, effects: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(torch.as_tensor(B, device=self.device) for B in effects)
@@ -518,7 +525,7 @@ class _GlmmFit(_Fit):
         newton_fixed_effects(self.model, self.family, rows, no_effects, 1.0, steps=25)
         dispersion, scale = self.initial_dispersion_and_scale(rows)
         covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
-        estep = self.estep(self.config.draws, np.ones(len(index)))
+        estep = self.estep(self.sampler(self.config.draws, variances=True), np.ones(len(index)))
         averager, moments, settled, epoch = self.settle_then_average(
             estep, rows, covariances, dispersion, self.config.max_epochs(False), 0, fit_beta=True
         )
@@ -536,11 +543,12 @@ class _NetworkFit(_Fit):
         rows, train_rows, val_rows = self.rows(index), self.rows(training), self.rows(validation)
         dispersion, scale = self.initial_dispersion_and_scale(train_rows)
         covariances = _initial_covariances(self.design, self.c, scale if self.family.has_dispersion else 1.0)
-        # One E-step for both phases: compiled on all rows, conditioned on the training rows while the network
-        # trains (validation rows weigh 0), in chunks that make both phases' K (saves a compilation, ~2.5 s).
+        # One E-step model for both phases: compiled on all rows, conditioned on the training rows while the
+        # network trains (validation rows weigh 0), in chunks that make both phases' K; the sampler compiles
+        # again only where the final phase draws with a deeper tree (see FitConfig.tree_depth).
         weights = np.zeros(len(index))
         weights[training] = 1.0
-        estep = self.estep(math.gcd(config.training_draws, config.draws), weights)
+        estep = self.estep(self.sampler(math.gcd(config.training_draws, config.draws), variances=False), weights)
         make_inputs = _TrainingEStep(
             estep, rows, train_rows, torch.as_tensor(training, device=self.device), config.training_draws, config.burn_in,
             config.penalty_for(True),
@@ -607,6 +615,7 @@ class _NetworkFit(_Fit):
         the best epoch's covariances, then averaging (no settle test: see FitConfig). A chain
         started afresh at zero effects accepted almost nothing at first and collapsed the variances."""
         estep.set_weights(np.ones(len(rows)))
+        estep.use_sampler(self.sampler(estep.config.num_draws, variances=True))
         averager, moments, _, epoch = self.settle_then_average(
             estep, rows, covariances, dispersion, self.config.final_epochs, epochs, fit_beta=False, settle=False
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gmenn_formula.training import averaging
 from gmenn_formula.training.averaging import Averager
 
 
@@ -31,3 +32,39 @@ def test_a_constant_sequence_is_precise_at_once():
     averager = _averaged(np.full(40, 0.3))
     assert averager.precise(0.02, [100_000])
     assert averager.reported()[0][0].item() == pytest.approx(0.3)
+
+
+def _em_phase(values: np.ndarray) -> Averager:
+    """EM-phase averager fed ``values`` (epochs, parameters), one 1x1 covariance per parameter."""
+    averager = Averager(window=10, tolerance=2e-3)
+    for row in values:
+        averager.add([np.array([[[value]]]) for value in row], None, None)
+    return averager
+
+
+def _ar1(rho: float, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Stationary AR(1) noise with unit variance, along the first axis."""
+    noise = rng.standard_normal(shape)
+    out = np.zeros(shape)
+    out[0] = noise[0]
+    for t in range(1, shape[0]):
+        out[t] = rho * out[t - 1] + noise[t] * np.sqrt(1 - rho**2)
+    return out
+
+
+def _pass_rates(rng: np.random.Generator, trials: int = 300) -> tuple[float, float]:
+    """How often two windows of 8 parameters pass the settle test: AR(1) noise (rho .6, 2% of the
+    value) around a constant, and the same noise on a drift of 1% of the value per epoch."""
+    stationary = [_em_phase(0.5 + 0.01 * _ar1(0.6, (20, 8), rng)).settled() for _ in range(trials)]
+    drift = 0.005 * np.arange(20)[:, None]
+    drifting = [_em_phase(0.5 + drift + 0.01 * _ar1(0.6, (20, 8), rng)).settled() for _ in range(trials)]
+    return float(np.mean(stationary)), float(np.mean(drifting))
+
+
+def test_settled_allows_for_autocorrelated_noise_but_not_for_a_trend(monkeypatch):
+    stationary, drifting = _pass_rates(np.random.default_rng(1))
+    monkeypatch.setattr(averaging, "MAX_AUTOCORRELATION", 0.0)
+    uncorrected, _ = _pass_rates(np.random.default_rng(1))
+    print("pass rates: stationary", stationary, "without the correction", uncorrected, "drifting", drifting)
+    assert stationary > 0.35 and uncorrected < 0.25
+    assert drifting == 0.0

@@ -68,16 +68,17 @@ def test_expanded_draws_and_expanded_second_moments_agree():
 
 
 def test_parameter_expansion_reaches_a_boundary_variance_in_few_epochs():
-    """Truth 1e-4 for g0: plain MCEM shrinks it geometrically (900 epochs at 20,000 rows);
-    the expanded M-step settles within a few windows and reads it near 0."""
+    """Truth 1e-4 for g0: plain MCEM shrinks it geometrically (900 epochs at 20,000 rows) and is
+    still far from 0 when its steps fall below the Monte Carlo noise; the expanded M-step settles
+    within a few windows and reads it near 0."""
     sim = simulate(rows=6000, features=2, family="gaussian", nonlinear=False, levels=(300, 300), variances=(1e-4, 0.5), seed=3)
     design = gf.design(sim.formula, sim.data, family="gaussian")
     expanded = fit_design(design, gf.FitConfig(verbose=0, epochs=150, max_average_epochs=40))
     plain = fit_design(design, gf.FitConfig(verbose=0, epochs=150, max_average_epochs=40, parameter_expansion=False))
     em_epochs = [sum(h["phase"] == "em" for h in fit.history) for fit in (expanded, plain)]
     print("EM epochs with and without expansion:", em_epochs, "g0 variances:", expanded.covariances[0], plain.covariances[0])
-    assert em_epochs[0] < 60 and em_epochs[1] > 2 * em_epochs[0]
-    assert expanded.covariances[0][0, 0, 0] < 0.005
+    assert em_epochs[0] < 60
+    assert expanded.covariances[0][0, 0, 0] < 0.005 and plain.covariances[0][0, 0, 0] > 3 * expanded.covariances[0][0, 0, 0]
     assert abs(expanded.covariances[1][0, 0, 0] - sim.effects[1].var()) < 0.1
 
 
