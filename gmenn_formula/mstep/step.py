@@ -283,6 +283,7 @@ def gaussian_second_moments(
     eta_fixed: torch.Tensor,
     covariances: list[torch.Tensor],
     dispersion: float,
+    total: torch.Tensor,
 ) -> list[torch.Tensor]:
     """Rao-Blackwellised second moments (1, p, p) per term for the gaussian family.
 
@@ -290,9 +291,9 @@ def gaussian_second_moments(
     normal: precision H = Sigma^-1 + Z'Z / s2, mean H^-1 Z'r / s2 with r the
     residual of the rest. Averaging V + m m^T over the draws estimates the same
     E[b b^T | y] as the draws' b b^T, with far less Monte Carlo noise (exact for
-    a single term). ``covariances[l]`` (1, p, p) are those the draws came from.
+    a single term). ``covariances[l]`` (1, p, p) are those the draws came from;
+    ``total`` (m, n, 1) the draws' random part, ``random_part(effects, rows)``.
     """
-    total = random_part(effects, rows)
     result = []
     rest = (rows.y.unsqueeze(0) - eta_fixed[:, 0].unsqueeze(0) - total[..., 0]).double()
     for B, codes, Z, Sigma in zip(effects, rows.codes, rows.Z, covariances):

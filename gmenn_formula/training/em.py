@@ -213,12 +213,13 @@ class _DrawAhead:
 
     While the network trains on epoch t's draws, the worker computes F_t from a copy of
     the network as it was at the start of epoch t, draws epoch t + 1's effects given F_t
-    and the covariances set from epoch t's draws, and their loss offsets; the draws are
-    thus one epoch old in F when a minibatch uses them. JAX and torch release the GIL
-    while they compute, so the sampler and the minibatch steps share the machine: on the
-    base scenario at 100,000 rows (2 CPU cores, batch 512) a 0.12 s E-step and a 0.035 s
-    F disappear behind a 0.43 s M-step. One E-step is in flight at a time, so the
-    sampler's chain stays one chain.
+    and the covariances set from epoch t's draws, and their loss offsets (a
+    :class:`_TrainingEStep`); the draws are thus one epoch old in F when a minibatch uses
+    them. JAX and torch release the GIL while they compute, so the sampler and the
+    minibatch steps share the machine: on the base scenario at 100,000 rows (2 CPU cores,
+    batch 512) a 0.13 s E-step and a 0.035 s F disappear behind a 0.43 s M-step (at
+    20,000 rows the E-step takes 60% of the worker's epoch and slows the M-step by ~25%).
+    One E-step is in flight at a time, so the sampler's chain stays one chain.
     """
 
     def __init__(self) -> None:
@@ -383,8 +384,10 @@ class _Fit:
         and ``dispersion``. Returns the effects (rescaled if ``expand``), covariances, dispersion."""
         effects = self.torch_effects(draws.effects)
         current = [torch.as_tensor(S, device=self.device) for S in covariances]
+        re = None
         if self.family.has_dispersion:
-            statistics = gaussian_second_moments(effects, rows, F, current, dispersion)
+            re = random_part(effects, rows)
+            statistics = gaussian_second_moments(effects, rows, F, current, dispersion, re)
         elif self.family.shift_invariant:
             statistics = softmax_second_moments(effects, current)
         else:
@@ -393,9 +396,15 @@ class _Fit:
             maps = expansion_maps(self.family, F, effects, rows, dispersion or 1.0)
             effects = expand_effects(effects, maps)
             statistics = expand_second_moments(statistics, maps)
+            re = None if re is None else random_part(effects, rows)
         new_covariances = _m_step_covariances(statistics, self.design)
-        new_dispersion = residual_variance(F, random_part(effects, rows), rows) if self.family.has_dispersion else None
+        new_dispersion = residual_variance(F, re, rows) if self.family.has_dispersion else None
         return effects, new_covariances, new_dispersion
+
+    def set_beta(self, beta: np.ndarray) -> None:
+        """Linear fixed effects (k, c) into the model."""
+        with torch.no_grad():
+            self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
 
     def record(self, epoch: int, phase: str, covariances, dispersion, draws, estep_seconds, mstep_seconds, seconds=None, **extra) -> None:
         """One history row; ``estep_seconds``: the sampler's draw call (on the worker thread when it
@@ -428,8 +437,7 @@ class _Fit:
         covariances, covariance_se, dispersion, dispersion_se = averager.result()
         beta = averager.reported()[2]
         if beta is not None:
-            with torch.no_grad():
-                self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
+            self.set_beta(beta)
         self.model.eval()
         return FitState(
             family=self.family,
@@ -480,8 +488,7 @@ class _Fit:
                 moments.add(draws.effects)
                 covariances, dispersion, beta = averager.current()
                 if fit_beta:
-                    with torch.no_grad():
-                        self.model.beta.copy_(torch.as_tensor(beta, device=self.model.beta.device))
+                    self.set_beta(beta)
             mstep_seconds = time.perf_counter() - t0 - estep_seconds
             self.record(epoch, phase, covariances, dispersion, draws, estep_seconds, mstep_seconds, **extra)
             if averager.averaging and averager.averaged_epochs >= config.average_epochs:
