@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 from gmenn_formula.errors import ControlError
 
 
-TRAINING_TREE_DEPTH = 3
+TRAINING_TREE_DEPTH = 2
+GAUSSIAN_TREE_DEPTH = 3
 VARIANCE_TREE_DEPTH = 5
 
 
@@ -47,18 +48,21 @@ class FitConfig:
     epoch and the M-step from 2 + K - R to 2 NLL evaluations per row). With
     ``sampler`` "whitened" (default) or "paper"; NUTS builds at most
     ``max_tree_depth`` doublings (2**depth - 1 leapfrog steps) per draw.
-    None: the paper's 10 for "paper"; for "whitened", 3 while a network trains
-    and for gaussian models (whose covariance statistics are exact given the
-    other terms' draws), 5 where draws set reported variances of other
-    families (plain GLMMs, the final phase of network fits). Depth 3 (7 steps)
-    gives the most effective draws of B^2 per second on a fixed target (paper's
-    base scenario at 20,000 rows: 19.9/s vs 14.1 at depth 5) and a 4x cheaper
-    epoch, but its short trajectories leave slow directions of crossed factors
-    unexplored, and EM fed by them settles low: three crossed factors of
-    10,000 levels, 100,000 binary rows, truth .5/.3/.2: .446/.284/.171 after 65
-    epochs at depth 3, .485/.301/.181 after 40 at depth 5 (depth 6 the same;
-    poisson .548/.316/.202 after 101 vs .489/.297/.192 after 53); the paper's
-    base scenario: variance MAE .101/.108 vs .088/.085 (two seeds).
+    None: the paper's 10 for "paper"; for "whitened", 2 while a network trains
+    (its draws only feed the loss), 3 for gaussian models (whose covariance
+    statistics are exact given the other terms' draws), and 5 where draws set
+    reported variances of other families (plain GLMMs, the final phase of
+    network fits). Short trees give the most effective draws of B^2 per second
+    on a fixed target (paper's base scenario at 20,000 rows: 19.9/s at depth 3
+    vs 14.1 at depth 5) and cheap epochs (training depth 2: 1.16x/1.20x
+    Ignore's epoch at batch 100/512 on 100,000 rows, against 1.20x/1.22x at
+    depth 3, same AUC and variance MAE on the base scenario), but they leave
+    slow directions of crossed factors unexplored, and EM fed by them settles
+    low: three crossed factors of 10,000 levels, 100,000 binary rows, truth
+    .5/.3/.2: .446/.284/.171 after 65 epochs at depth 3, .485/.301/.181 after
+    40 at depth 5 (depth 6 the same; poisson .548/.316/.202 after 101 vs
+    .489/.297/.192 after 53); the paper's base scenario: variance MAE
+    .101/.108 vs .088/.085 (two seeds).
     ``overlap_estep``: while a network trains, the next epoch's E-step runs on a
     worker thread beside this epoch's M-step, given the network output at the
     start of this epoch (so the draws a minibatch step uses are one epoch old in
@@ -140,7 +144,9 @@ class FitConfig:
             return self.max_tree_depth
         if self.sampler == "paper":
             return 10
-        return VARIANCE_TREE_DEPTH if variances and not exact_moments else TRAINING_TREE_DEPTH
+        if not variances:
+            return TRAINING_TREE_DEPTH
+        return GAUSSIAN_TREE_DEPTH if exact_moments else VARIANCE_TREE_DEPTH
 
     def penalty_for(self, has_networks: bool) -> float:
         return self.penalty if self.penalty is not None else (1.0 if has_networks else 0.0)
