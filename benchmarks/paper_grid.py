@@ -374,8 +374,9 @@ def report(frame: pd.DataFrame, header: str) -> str:
             "Test accuracy:\n\n" + pivot(frame, "accuracy", columns, 3),
             "Training wall time relative to Ignore's in the same run:\n\n" + pivot(frame, "time_ratio", list(METHODS), 2),
             "MC-GMENN details. Variance MAE: mean absolute error of all variance components (factor x class) against the "
-            "simulation's variances; 'vs realised' against the mean square of the effects actually drawn. E-step share: of the "
-            "fit's wall time. Train phase: E- and M-steps until early stopping (the part the paper times); final phase: "
+            "simulation's variances; 'vs realised' against the mean square of the effects actually drawn. E-step share: the "
+            "sampler's seconds over the fit's wall time (while the network trains the sampler runs beside the M-step, so "
+            "this overstates what it adds). Train phase: the epochs until early stopping (the part the paper times); final phase: "
             "variance components on all rows with the network frozen. Estimated variances per seed are in the CSV.\n\n" + mcgmenn_table(frame),
         ]
     )

@@ -4,7 +4,12 @@ Stages: ``parse`` (formula text -> Formula), ``design`` (Formula + DataFrame ->
 Design arrays), the engine (Monte Carlo EM), and the results.
 """
 
+import os
 import warnings
+
+# JAX takes 75% of a GPU's memory when its backend starts, and torch trains the network on the same GPU:
+# allocate on demand instead (before anything starts JAX; a value the user set wins).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # We run PyTensor through JAX: its C-backend BLAS notice does not apply to us.
 warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
