@@ -20,14 +20,12 @@ import os
 import time
 from typing import Any
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import arviz as az  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gmenn_formula.estep import (  # noqa: E402
+from gmenn_formula.estep import (
     BlockWhitening,
     EpochInfo,
     SamplerConfig,
@@ -37,7 +35,7 @@ from gmenn_formula.estep import (  # noqa: E402
     linear_predictor,
     sample_epoch,
 )
-from gmenn_formula.families import get_family  # noqa: E402
+from gmenn_formula.families import get_family
 
 LEVELS = (1000, 10, 1000)
 VARIANCES = (1e-4, 0.5, 0.5)
