@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,21 +177,25 @@ def _timed_draw(estep: EStep, F: torch.Tensor, covariances, dispersion: float | 
 
 @dataclass(frozen=True)
 class _EpochInputs:
-    """What a training epoch's M-step needs from the E-step: the network output ``F`` (n, c)
-    the draws were made given, the ``draws``, their ``offsets`` for the loss, and the
+    """What a training epoch needs from its E-step: the ``draws``, their loss ``offsets``, the
+    (expanded) ``effects`` and the ``covariances`` and ``dispersion`` set from them, and the
     sampler's wall ``seconds``."""
 
-    F: torch.Tensor
     draws: EpochDraws
     offsets: DrawOffsets
+    effects: tuple[torch.Tensor, ...]
+    covariances: list[np.ndarray]
+    dispersion: float | None
     seconds: float
 
 
 @dataclass(frozen=True)
 class _TrainingEStep:
-    """The E-step of a training epoch: F on all ``rows`` (the E-step is compiled for all of
-    them and weights the held-out ones 0), K draws, and their loss offsets for the training
-    rows ``train_rows`` (``training`` (n_t,): their positions in ``rows``)."""
+    """The E-step of a training epoch and the variance M-step that follows it: F on all
+    ``rows`` (the E-step is compiled for all of them and weights the held-out ones 0), K
+    draws, ``update`` (the covariance and dispersion M-step on the training rows
+    ``train_rows``; ``training`` (n_t,): their positions in ``rows``) and the draws' loss
+    offsets. All of it can run on the worker thread beside the network's M-step."""
 
     estep: EStep
     rows: Rows
@@ -199,13 +204,15 @@ class _TrainingEStep:
     num_draws: int
     burn_in: int
     penalty: float
+    update: Callable
 
     def __call__(self, model: FixedPart, covariances, dispersion) -> _EpochInputs:
         F = _predict_fixed(model, self.rows)
         draws, seconds = _timed_draw(self.estep, F, covariances, dispersion, self.num_draws, self.burn_in)
         effects = tuple(torch.as_tensor(B, device=F.device) for B in draws.effects)
         offsets = DrawOffsets.from_draws(effects, self.train_rows, self.penalty)
-        return _EpochInputs(F[self.training], draws, offsets, seconds)
+        expanded, new_covariances, new_dispersion = self.update(draws, F[self.training], self.train_rows, covariances, dispersion)
+        return _EpochInputs(draws, offsets, expanded, new_covariances, new_dispersion, seconds)
 
 
 class _DrawAhead:
@@ -213,13 +220,14 @@ class _DrawAhead:
 
     While the network trains on epoch t's draws, the worker computes F_t from a copy of
     the network as it was at the start of epoch t, draws epoch t + 1's effects given F_t
-    and the covariances set from epoch t's draws, and their loss offsets (a
-    :class:`_TrainingEStep`); the draws are thus one epoch old in F when a minibatch uses
-    them. JAX and torch release the GIL while they compute, so the sampler and the
-    minibatch steps share the machine: on the base scenario at 100,000 rows (2 CPU cores,
-    batch 512) a 0.13 s E-step and a 0.035 s F disappear behind a 0.43 s M-step (at
-    20,000 rows the E-step takes 60% of the worker's epoch and slows the M-step by ~25%).
-    One E-step is in flight at a time, so the sampler's chain stays one chain.
+    and the covariances set from epoch t's draws, sets the covariances from them (the
+    parameter-expanded M-step) and computes their loss offsets (a :class:`_TrainingEStep`);
+    the draws are thus one epoch old in F when a minibatch uses them. JAX and torch release
+    the GIL while they compute, so the worker and the minibatch steps share the machine: on
+    the base scenario at 100,000 rows (2 CPU cores, batch 512) a 0.14 s E-step, a 0.035 s
+    F and a ~0.05 s expanded M-step disappear behind a 0.45 s epoch of minibatches (at
+    20,000 rows the worker is busy for most of the epoch and slows the minibatches by
+    ~25%). One E-step is in flight at a time, so the sampler's chain stays one chain.
     """
 
     def __init__(self) -> None:
@@ -558,7 +566,7 @@ class _NetworkFit(_Fit):
         estep = self.estep(self.sampler(math.gcd(config.training_draws, config.draws), variances=False), weights)
         make_inputs = _TrainingEStep(
             estep, rows, train_rows, torch.as_tensor(training, device=self.device), config.training_draws, config.burn_in,
-            config.penalty_for(True),
+            config.penalty_for(True), partial(self.variance_update, expand=config.parameter_expansion),
         )
         optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         best = (np.inf, None, 0)
@@ -574,9 +582,7 @@ class _NetworkFit(_Fit):
                 else:
                     inputs = make_inputs(self.model, covariances, dispersion)
                     wait_seconds = inputs.seconds
-                effects, covariances, new_dispersion = self.variance_update(
-                    inputs.draws, inputs.F, train_rows, covariances, dispersion
-                )
+                covariances, new_dispersion = inputs.covariances, inputs.dispersion
                 if ahead is not None:
                     ahead.submit(make_inputs, self.model, covariances, new_dispersion)
                 loss = train_epoch(
@@ -584,7 +590,7 @@ class _NetworkFit(_Fit):
                     self.generator,
                 )
                 dispersion = new_dispersion
-                means = tuple(B.mean(0, keepdim=True) for B in effects)
+                means = tuple(B.mean(0, keepdim=True) for B in inputs.effects)
                 weight = max(1.0 / epoch, VALIDATION_SMOOTHING)
                 center = tuple((1 - weight) * old + weight * new for old, new in zip(center, means)) if center else means
                 val_loss = self.validation_loss(val_rows, center, dispersion)
