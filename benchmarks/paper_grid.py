@@ -35,6 +35,7 @@ the CSV grows after every fit, so a long run that is stopped keeps what it did.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import os
 import platform
@@ -62,9 +63,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TEST_FRACTION = 0.2
 METHODS = (*baselines.METHODS, "MC-GMENN")
 CEILINGS = ("Known-f ceiling", "Bayes-optimal")
-MCGMENN_CONTROL: dict = {}
-"""Settings passed to ``gf.gmenn`` besides seed and verbose=0: none, i.e. ``gf.FitConfig()``'s defaults
-(the same Adam rate, batch size, validation split, patience and epoch cap as the baselines)."""
+DEFAULT_CONTROL: dict = {}
+"""Settings passed to ``gf.gmenn`` besides seed and verbose=0 unless ``--control`` says otherwise: none, i.e.
+``gf.FitConfig()``'s defaults (the same Adam rate, batch size, validation split, patience and epoch cap as the
+baselines)."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,9 @@ def known_f_ceiling(sim: Simulated, train: np.ndarray, test: np.ndarray) -> np.n
 # -- MC-GMENN --------------------------------------------------------------------------------------------------
 
 
-def fit_mcgmenn(sim: Simulated, family: str, train_data: pd.DataFrame, test_data: pd.DataFrame, seed: int) -> dict:
+def fit_mcgmenn(sim: Simulated, family: str, train_data: pd.DataFrame, test_data: pd.DataFrame, seed: int, control: dict) -> dict:
     started = time.perf_counter()
-    result = gf.gmenn(sim.formula, train_data, family=family, seed=seed, verbose=0, **MCGMENN_CONTROL)
+    result = gf.gmenn(sim.formula, train_data, family=family, seed=seed, verbose=0, **control)
     seconds = time.perf_counter() - started
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NewLevelWarning)
@@ -193,7 +195,7 @@ def fit_mcgmenn(sim: Simulated, family: str, train_data: pd.DataFrame, test_data
 # -- one scenario and seed -------------------------------------------------------------------------------------
 
 
-def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], log) -> list[dict]:
+def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], log, control: dict = DEFAULT_CONTROL) -> list[dict]:
     sim = scenario.simulate(rows, seed)
     order = np.random.default_rng(seed + 10_000).permutation(rows)
     num_test = round(TEST_FRACTION * rows)
@@ -220,7 +222,7 @@ def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], 
     log(f"    (known-f MAP in {time.perf_counter() - t0:.1f} s)")
     for method in methods:
         if method == "MC-GMENN":
-            out = fit_mcgmenn(sim, scenario.family, train_data, test_data, seed)
+            out = fit_mcgmenn(sim, scenario.family, train_data, test_data, seed, control)
         else:
             out = baselines.fit_baseline(method, split, config, seed)
         P = out.pop("probabilities")
@@ -382,6 +384,15 @@ def report(frame: pd.DataFrame, header: str) -> str:
     )
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``"max_average_epochs=40"`` -> ("max_average_epochs", 40); values are Python literals, else strings."""
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="the paper's sizes: 100,000 rows, 5 seeds, all scenarios")
@@ -390,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenarios", nargs="+", help=f"scenario names, of: {', '.join(SCENARIOS)}")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="methods to run (default all)")
     parser.add_argument("--name", help="results file stem (default paper_grid_quick / paper_grid_full)")
+    parser.add_argument("--control", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="MC-GMENN settings (FitConfig fields) instead of the defaults, e.g. max_average_epochs=40")
     parser.add_argument("--from-csv", type=Path, help="only rebuild the tables and the plot from a results CSV (e.g. of a stopped run)")
     args = parser.parse_args(argv)
     if args.from_csv:
@@ -400,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         stem.with_suffix(".md").write_text(text + "\n")
         plot(frame, stem.with_suffix(".png"), f"{frame['rows'].iloc[0]:,} rows")
         return
+    control = {**DEFAULT_CONTROL, **dict(_setting(text) for text in args.control)}
     preset = FULL if args.full else QUICK
     rows, seeds = args.rows or preset["rows"], args.seeds or preset["seeds"]
     names = args.scenarios or preset["scenarios"]
@@ -416,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     records: list[dict] = []
     for name in names:
         for seed in range(seeds):
-            records += run_one(SCENARIOS[name], rows, seed, tuple(args.methods), lambda text: print(text, flush=True))
+            records += run_one(SCENARIOS[name], rows, seed, tuple(args.methods), lambda text: print(text, flush=True), control)
             pd.DataFrame(records).to_csv(csv_path, index=False)
     frame = add_ratios(pd.DataFrame(records))
     minutes = (time.perf_counter() - started) / 60
@@ -426,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{' '.join(['python benchmarks/paper_grid.py', *(sys.argv[1:] if argv is None else argv)])}`. "
         f"Training settings of every method: gf.FitConfig() defaults (Adam lr {gf.FitConfig().learning_rate:g}, batch "
         f"{gf.FitConfig().batch_size}, validation {gf.FitConfig().validation_fraction:g}, patience {gf.FitConfig().patience}, "
-        f"at most {gf.FitConfig().max_epochs(True)} epochs, best weights restored); MC-GMENN control: {MCGMENN_CONTROL or 'defaults'}."
+        f"at most {gf.FitConfig().max_epochs(True)} epochs, best weights restored); MC-GMENN control: {control or 'defaults'}."
     )
     text = report(frame, header)
     print("\n" + text)
