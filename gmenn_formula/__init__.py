@@ -18,15 +18,6 @@ XLA_CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false
 if "xla_cpu_enable_concurrency_optimized_scheduler" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CPU_SCHEDULER_FLAG}".strip()
 
-# JAX's asynchronous CPU dispatch can lose the notice that a computation finished (jax-ml/jax#25861, while
-# loops such as NUTS's): under a profiler, the first E-step of a 100-class fit waited forever with no CPU
-# in use. Dispatching inline costs nothing here (the engine waits for every draw anyway: same fit times,
-# same epoch cost). It must be set before JAX's CPU backend starts; a user who wants async dispatch back can
-# call jax.config.update("jax_cpu_enable_async_dispatch", True) after importing gmenn_formula.
-import jax  # noqa: E402
-
-jax.config.update("jax_cpu_enable_async_dispatch", False)
-
 # We run PyTensor through JAX: its C-backend BLAS notice does not apply to us.
 warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS", category=UserWarning)
 
