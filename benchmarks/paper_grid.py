@@ -63,12 +63,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TEST_FRACTION = 0.2
 METHODS = (*baselines.METHODS, "MC-GMENN")
 CEILINGS = ("Known-f ceiling", "Bayes-optimal")
-DEFAULT_CONTROL: dict = {}
-"""Settings passed to ``gf.gmenn`` besides seed and verbose=0 unless ``--control`` says otherwise: none, i.e.
-``gf.FitConfig()``'s defaults (the same Adam rate, batch size, validation split, patience and epoch cap as the
-baselines)."""
-
-
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -195,7 +189,10 @@ def fit_mcgmenn(sim: Simulated, family: str, train_data: pd.DataFrame, test_data
 # -- one scenario and seed -------------------------------------------------------------------------------------
 
 
-def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], log, control: dict = DEFAULT_CONTROL) -> list[dict]:
+def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], log, control: dict) -> list[dict]:
+    """All methods on one scenario and seed. ``control``: settings passed to ``gf.gmenn`` besides seed and
+    verbose=0 (empty by default, i.e. ``gf.FitConfig()``'s defaults: the same Adam rate, batch size, validation
+    split, patience and epoch cap as the baselines)."""
     sim = scenario.simulate(rows, seed)
     order = np.random.default_rng(seed + 10_000).permutation(rows)
     num_test = round(TEST_FRACTION * rows)
@@ -413,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         stem.with_suffix(".md").write_text(text + "\n")
         plot(frame, stem.with_suffix(".png"), f"{frame['rows'].iloc[0]:,} rows")
         return
-    control = {**DEFAULT_CONTROL, **dict(_setting(text) for text in args.control)}
+    control = dict(_setting(text) for text in args.control)
     preset = FULL if args.full else QUICK
     rows, seeds = args.rows or preset["rows"], args.seeds or preset["seeds"]
     names = args.scenarios or preset["scenarios"]
