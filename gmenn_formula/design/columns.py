@@ -10,17 +10,23 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 from formulae import design_matrices, model_description
+from formulae.environment import Environment
 from formulae.terms.call import Call
 from formulae.terms.call_resolver import LazyCall, LazyOperator, LazyVariable
 
 from gmenn_formula.errors import ColumnNotFoundError, DataError
+from gmenn_formula.formula.functions import MATH
 
-NAMESPACE = {"np": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "abs": np.abs}
-"""R-style names usable in formulas besides formulae's own (``offset(log(t))`` as in lme4)."""
+_MATH = {name: getattr(np, name) for name in MATH}
+ENVIRONMENT = Environment([{**_MATH, "np": SimpleNamespace(**_MATH)}])
+"""Where formulae looks up what an expression calls, besides its own transforms and contrasts:
+the numpy functions of the formula vocabulary (``log(t)`` as in R, or ``np.log(t)``) and nothing
+else; never the caller's frame (see :mod:`gmenn_formula.formula.functions`)."""
 
 _LEVELS_NOT_PRESENT = re.compile(r"The levels? \((?P<levels>.*)\) in '(?P<term>.*)' (?:is|are) not present")
 
@@ -71,6 +77,16 @@ def check_columns(names: set[str], data: pd.DataFrame, role: str) -> None:
             )
 
 
+def block_formula(exprs: tuple[str, ...], intercept: bool) -> str:
+    """The formulae text of a block: ``1 + x + C(g)`` (``0 + ...`` without an intercept)."""
+    return " + ".join(["1" if intercept else "0", *exprs])
+
+
+def build_matrix(formula: str, data: pd.DataFrame):
+    """formulae's common-effects matrix of ``formula`` on ``data``, evaluated in :data:`ENVIRONMENT`."""
+    return design_matrices(formula, data, na_action="error", env=ENVIRONMENT).common
+
+
 @dataclass(frozen=True)
 class ParametricBlock:
     """A dense block of columns from formulae, learned on training data.
@@ -86,11 +102,11 @@ class ParametricBlock:
     @classmethod
     def learn(cls, exprs: tuple[str, ...], intercept: bool, data: pd.DataFrame, role: str) -> tuple[ParametricBlock, np.ndarray]:
         """Evaluate ``exprs`` on training data. Returns the block and its (n, k) float64 matrix."""
-        formula = " + ".join(["1" if intercept else "0", *exprs])
+        formula = block_formula(exprs, intercept)
         if not exprs and not intercept:
             return cls(formula, (), None), np.zeros((len(data), 0))
         try:
-            matrix = design_matrices(formula, data, na_action="error", extra_namespace=NAMESPACE).common
+            matrix = build_matrix(formula, data)
         except Exception as exc:  # formulae raises bare ValueError/TypeError/NameError
             raise DataError(f"Could not build the {role} columns {formula!r}: {exc}") from exc
         frame = matrix.as_dataframe()

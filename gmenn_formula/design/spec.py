@@ -276,8 +276,25 @@ def _resolve_networks(formula: Formula, data: pd.DataFrame) -> tuple[tuple[str, 
 
 
 def _column_term(values: pd.Series, name: str) -> str:
+    """The ``nn(.)`` input of one leftover column: its name, in ``C()`` unless it is numeric."""
     quoted = name if name.isidentifier() else f"`{name}`"
     return quoted if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) else f"C({quoted})"
+
+
+def is_column_term(text: str) -> bool:
+    """Whether ``text`` is an input :func:`_column_term` writes: a column name, bare or in ``C()``."""
+    inner = text[2:-1] if text.startswith("C(") and text.endswith(")") else text
+    return inner.isidentifier() or (len(inner) > 2 and inner[0] == inner[-1] == "`" and "`" not in inner[1:-1])
+
+
+def block_exprs(formula: Formula, network_inputs: tuple[tuple[str, ...], ...]) -> list[tuple[tuple[str, ...], bool]]:
+    """(expressions, intercept) of every parametric block, in the order fixed part, offsets,
+    ``nn()`` inputs, random slopes."""
+    blocks = [(tuple(t.expr for t in formula.fixed), formula.intercept)]
+    blocks += [((o.expr,), False) for o in formula.offsets]
+    blocks += [(inputs, False) for inputs in network_inputs]
+    blocks += [(term.slopes, term.intercept) for term in formula.random]
+    return blocks
 
 
 def _parametric_exprs(formula: Formula, network_inputs: tuple[tuple[str, ...], ...]) -> list[str]:

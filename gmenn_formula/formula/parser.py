@@ -39,6 +39,7 @@ from lark.lexer import PatternStr
 from lark.tree import Meta
 
 from gmenn_formula.errors import DataTypeError, FormulaSyntaxError
+from gmenn_formula.formula.functions import CALLABLE, describe_known
 from gmenn_formula.formula.grammar_file import grammar_text
 from gmenn_formula.formula.terms import (
     ACTIVATIONS,
@@ -396,6 +397,9 @@ class _Builder:
                     raise self.error(f"a random-effect term {place.rule}", sub.pos, place.expected)
                 case _BinOp(op="|" | "||"):
                     raise self.error(f"a random-effect term {place.rule}", sub.op_pos, place.expected)
+                case _Call(func=func) if func not in CALLABLE:
+                    hint = _did_you_mean(func, tuple(CALLABLE))
+                    raise self.error(f"unknown function '{func}'{hint}", sub.pos, describe_known())
         return _text(node)
 
     def _split(self, node: _Node) -> tuple[_Atom | None, bool, list[_Node]]:

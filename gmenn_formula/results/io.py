@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 import safetensors.numpy
 import safetensors.torch
+import torch
 from torch import nn
 
 from gmenn_formula.design import Design, DesignSpec, RandomEffectDesign
@@ -230,6 +232,7 @@ def _networks(spec: DesignSpec, c: int, nets: Mapping | None) -> list[nn.Module]
 def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> LoadedResult:
     spec = spec_from_json(meta["spec"])
     fit = {name: decode_value(meta["fit"][name]) for name in _FIT_SCALARS}
+    _check_fit(spec, fit, arrays, len(meta["history"]))
     c = fit["num_outputs"]
     model = FixedPart(_networks(spec, c, nets), len(fit["fixed_names"]), c)
     try:
@@ -238,6 +241,8 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> L
         if any(term.net for term in spec.formula.networks):
             raise NetworkError(f"The networks passed to load() do not match the saved weights: {exc}") from exc
         raise
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in weights.values()):
+        raise ModelFileError("the saved network weights hold non-finite values")
     terms = range(len(spec.random))
     history = [
         {**entry, "covariances": [arrays[f"history_covariances/{l}"][i] for l in terms]} for i, entry in enumerate(meta["history"])
@@ -256,6 +261,40 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> L
     if meta["data"].get("loglik") is not None:
         loaded._logliks["auto", None, None] = LogLik.from_dict(meta["data"]["loglik"])
     return loaded
+
+
+def _check_fit(spec: DesignSpec, fit: dict, arrays: dict, num_epochs: int) -> None:
+    """Raise ModelFileError unless the saved fit suits the saved design: outputs, fixed-effect
+    names, the dispersion, and every array's shape (levels, terms, classes, epochs) and values."""
+    classes = spec.response.classes
+    c = get_family(spec.family).num_outputs(len(classes) if classes else None)
+    if fit["num_outputs"] != c:
+        raise ModelFileError(f"the fit has {fit['num_outputs']!r} outputs, but a {spec.family} model of this response has {c}")
+    names = spec.fixed.names[1:] if spec.networks and spec.fixed.names[:1] == ("(Intercept)",) else spec.fixed.names
+    if tuple(fit["fixed_names"]) != names:
+        raise ModelFileError(f"the fixed effects are saved as {fit['fixed_names']!r}, but the design has {list(names)}")
+    dispersion = fit["dispersion"]
+    if (dispersion is None) == get_family(spec.family).has_dispersion or (
+        dispersion is not None and not (isinstance(dispersion, float) and math.isfinite(dispersion) and dispersion > 0)
+    ):
+        raise ModelFileError(f"the residual variance {dispersion!r} does not suit the {spec.family} family (a positive number for gaussian only)")
+    expected = {}
+    for l, part in enumerate(spec.random):
+        q, p = part.factor.num_levels, len(part.slopes.names)
+        expected |= {f"covariances/{l}": (c, p, p), f"covariance_se/{l}": (c, p, p), f"effect_mean/{l}": (q, p, c)}
+        expected |= {f"effect_sd/{l}": (q, p, c), f"draws/{l}": (None, q, p, c), f"history_covariances/{l}": (num_epochs, c, p, p)}
+    if set(arrays) != set(expected):
+        raise ModelFileError(f"the saved arrays are {sorted(arrays)}, not {sorted(expected)}")
+    for key, shape in expected.items():
+        array = arrays[key]
+        if array.ndim != len(shape) or any(want is not None and have != want for have, want in zip(array.shape, shape)):
+            raise ModelFileError(f"the saved array {key} has shape {array.shape}; the design needs {shape} (levels, terms, classes)")
+        if not np.isfinite(array).all():
+            raise ModelFileError(f"the saved array {key} holds non-finite values")
+    for l in range(len(spec.random)):
+        S = arrays[f"covariances/{l}"]
+        if not np.allclose(S, np.swapaxes(S, 1, 2)) or (np.linalg.eigvalsh(S).min(initial=0.0) < -1e-8 * max(1.0, np.abs(S).max(initial=0.0))):
+            raise ModelFileError(f"the saved covariance of {spec.random[l].term} is not symmetric positive semi-definite")
 
 
 def _structure(spec: DesignSpec, num_dropped: int) -> Design:

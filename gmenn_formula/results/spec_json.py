@@ -29,16 +29,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from formulae import design_matrices
 from formulae.categorical import CategoricalBox
 from formulae.terms.call import Call
 from formulae.terms.call_resolver import LazyCall, LazyOperator
 
-from gmenn_formula.design import DesignSpec, RandomSpec
-from gmenn_formula.design.columns import NAMESPACE, ParametricBlock, component_variables, variables
+from gmenn_formula.design import FAMILIES, DesignSpec, RandomSpec
+from gmenn_formula.design.columns import ParametricBlock, block_formula, build_matrix, component_variables, variables
 from gmenn_formula.design.grouping import GroupingFactor
 from gmenn_formula.design.response import ResponseCoder
-from gmenn_formula.errors import UnsupportedSaveError
+from gmenn_formula.design.spec import block_exprs, is_column_term
+from gmenn_formula.errors import ModelFileError, UnsupportedSaveError
 from gmenn_formula.formula import parse
 
 PROBE_ROWS = 8
@@ -187,7 +187,7 @@ def _synthetic_frame(columns: dict[str, list | None]) -> pd.DataFrame:
 def _restore_component(component, saved: dict) -> None:
     """Overwrite the state formulae learned on the synthetic frame with the saved state."""
     if component.kind != saved["kind"]:
-        raise ValueError(f"component {component.name} is {component.kind}, saved as {saved['kind']}")
+        raise ModelFileError(f"component {component.name} is {component.kind}, saved as {saved['kind']}")
     if saved["kind"] == "categoric":
         levels = decode_value(saved["levels"])
         box = component._intermediate_data if isinstance(component, Call) else None
@@ -197,40 +197,59 @@ def _restore_component(component, saved: dict) -> None:
             component.eval_categoric(pd.Categorical(levels, categories=levels, ordered=True), saved["spans_intercept"])
     calls = list(_lazy_calls(component.call)) if isinstance(component, Call) else []
     if len(calls) != len(saved["transforms"]):
-        raise ValueError(f"component {component.name} has {len(calls)} calls, saved with {len(saved['transforms'])}")
+        raise ModelFileError(f"component {component.name} has {len(calls)} calls, saved with {len(saved['transforms'])}")
     for call, transform in zip(calls, saved["transforms"]):
         if transform is None:
             continue
         if call.stateful_transform is None or _transform_name(call.stateful_transform) != transform["name"]:
-            raise ValueError(f"call {call.callee} is not the saved transform {transform['name']}")
-        vars(call.stateful_transform).update(decode_value(transform["state"]))
+            raise ModelFileError(f"call {call.callee} is not the saved transform {transform['name']}")
+        state = decode_value(transform["state"])
+        fresh = vars(call.stateful_transform)
+        if not isinstance(state, dict) or set(state) != set(fresh):
+            raise ModelFileError(f"the saved state of {call.callee}() does not have the fields {sorted(fresh)}")
+        fresh.update(state)
 
 
-def _block_from_json(data: dict) -> ParametricBlock:
+def _block_from_json(data: dict, exprs: tuple[str, ...], intercept: bool, role: str) -> ParametricBlock:
+    """Rebuild one block whose formula the parsed model formula dictates (checked before anything is evaluated)."""
+    formula = block_formula(exprs, intercept)
+    if data["formula"] != formula:
+        raise ModelFileError(f"the {role} is saved as {data['formula']!r}, but the model formula makes it {formula!r}")
     names = tuple(data["names"])
     if data["components"] is None:
-        return ParametricBlock(data["formula"], names, None)
+        if names or (exprs or intercept):
+            raise ModelFileError(f"the {role} ({formula!r}) is saved without its columns")
+        return ParametricBlock(formula, names, None)
     columns = {name: decode_value(levels) for name, levels in data["columns"].items()}
-    matrix = design_matrices(data["formula"], _synthetic_frame(columns), na_action="error", extra_namespace=NAMESPACE).common
+    if set(columns) != variables(formula):
+        raise ModelFileError(f"the {role} ({formula!r}) is saved with the columns {sorted(columns)}, not {sorted(variables(formula))}")
+    frame = _synthetic_frame(columns)
+    matrix = build_matrix(formula, frame)
     components = [component for _, component in _components(matrix)]
     if len(components) != len(data["components"]):
-        raise ValueError(f"block {data['formula']!r} has {len(components)} components, saved with {len(data['components'])}")
+        raise ModelFileError(f"the {role} ({formula!r}) has {len(components)} components, saved with {len(data['components'])}")
     for component, saved in zip(components, data["components"]):
         _restore_component(component, saved)
-    block = ParametricBlock(data["formula"], names, matrix)
-    width = block.apply(_synthetic_frame(columns), "saved block").shape[1]
+    block = ParametricBlock(formula, names, matrix)
+    width = block.apply(frame, "saved block").shape[1]
     if width != len(names):
-        raise ValueError(f"block {data['formula']!r} rebuilds {width} columns, saved with {len(names)}")
+        raise ModelFileError(f"the {role} ({formula!r}) rebuilds {width} columns, saved with {len(names)}")
     return block
+
+
+def _block_roles(formula) -> list[str]:
+    """The role of every parametric block, in :func:`block_exprs`'s order."""
+    roles = ["fixed part"]
+    roles += [f"offset #{i}" for i in range(1, len(formula.offsets) + 1)]
+    roles += [f"nn() #{i} inputs" for i in range(1, len(formula.networks) + 1)]
+    roles += [f"slopes of {term}" for term in formula.random]
+    return roles
 
 
 def _blocks(spec: DesignSpec) -> list[tuple[str, ParametricBlock]]:
     """Every parametric block of a spec with its role, in a fixed order."""
-    blocks = [("fixed part", spec.fixed)]
-    blocks += [(f"offset #{i}", b) for i, b in enumerate(spec.offsets, start=1)]
-    blocks += [(f"nn() #{i} inputs", b) for i, b in enumerate(spec.networks, start=1)]
-    blocks += [(f"slopes of {part.term}", part.slopes) for part in spec.random]
-    return blocks
+    blocks = [spec.fixed, *spec.offsets, *spec.networks, *(part.slopes for part in spec.random)]
+    return list(zip(_block_roles(spec.formula), blocks))
 
 
 # -- the spec -------------------------------------------------------------------------
@@ -251,14 +270,32 @@ def spec_to_json(spec: DesignSpec) -> dict:
 
 
 def spec_from_json(data: dict) -> DesignSpec:
-    """Rebuild a DesignSpec written by :func:`spec_to_json` (ValueError/KeyError/TypeError if malformed)."""
+    """Rebuild a DesignSpec written by :func:`spec_to_json`.
+
+    A model file is data: the formula is parsed (so it calls only the functions of
+    :mod:`gmenn_formula.formula.functions`), and every saved block must be the block that
+    formula makes, before formulae evaluates anything. Raises ModelFileError for a file
+    that does not hold together (ValueError/KeyError/TypeError for a malformed one).
+    """
     formula = parse(data["formula"])
+    family = data["family"]
+    if family not in FAMILIES:
+        raise ModelFileError(f"unknown family {family!r}; a model file holds one of {', '.join(FAMILIES)}")
     response = data["response"]
+    if response["family"] != family or response["name"] != str(formula.response):
+        raise ModelFileError(f"the response is saved as {response['name']!r} ({response['family']}), not {str(formula.response)!r} ({family})")
     classes = decode_value(response["classes"])
-    blocks = [_block_from_json(block) for block in data["blocks"]]
+    _check_classes(family, classes)
+    network_inputs = _network_inputs(formula, data["network_inputs"])
+    exprs = block_exprs(formula, network_inputs)
+    roles = _block_roles(formula)
+    if len(data["blocks"]) != len(exprs) or len(data["grouping"]) != len(formula.random):
+        raise ModelFileError("the saved blocks do not match the formula's terms")
+    for grouping, term in zip(data["grouping"], formula.random):
+        if tuple(grouping["columns"]) != term.group:
+            raise ModelFileError(f"the grouping factor of {term} is saved as {grouping['columns']}")
+    blocks = [_block_from_json(block, *pair, role) for block, pair, role in zip(data["blocks"], exprs, roles)]
     num_offsets, num_networks = len(formula.offsets), len(formula.networks)
-    if len(blocks) != 1 + num_offsets + num_networks + len(formula.random) or len(data["grouping"]) != len(formula.random):
-        raise ValueError("the saved blocks do not match the formula's terms")
     offsets = tuple(blocks[1 : 1 + num_offsets])
     networks = tuple(blocks[1 + num_offsets : 1 + num_offsets + num_networks])
     slopes = blocks[1 + num_offsets + num_networks :]
@@ -268,14 +305,38 @@ def spec_from_json(data: dict) -> DesignSpec:
     )
     return DesignSpec(
         formula=formula,
-        family=data["family"],
-        response=ResponseCoder(response["family"], response["name"], classes),
+        family=family,
+        response=ResponseCoder(family, response["name"], classes),
         fixed=blocks[0],
         offsets=offsets,
         networks=networks,
-        network_inputs=tuple(tuple(inputs) for inputs in data["network_inputs"]),
+        network_inputs=network_inputs,
         random=random,
     )
+
+
+def _check_classes(family: str, classes: object) -> None:
+    """Class labels as the response coder keeps them: two or more distinct scalars (two for binomial), or None."""
+    if classes is None and family != "categorical":
+        return
+    ok = isinstance(classes, tuple) and all(isinstance(c, (str, int, float, bool)) for c in classes) and len(set(classes)) == len(classes)
+    if not ok or (family == "categorical" and len(classes) < 2) or (family == "binomial" and len(classes) != 2) or family in ("gaussian", "poisson"):
+        raise ModelFileError(f"the response classes {classes!r} do not suit the {family} family")
+
+
+def _network_inputs(formula, saved: list) -> tuple[tuple[str, ...], ...]:
+    """The saved inputs of every nn() term: the formula's own, after the leftover columns for ``nn(.)``."""
+    if not isinstance(saved, list) or len(saved) != len(formula.networks):
+        raise ModelFileError("the saved nn() inputs do not match the formula's nn() terms")
+    result = []
+    for term, inputs in zip(formula.networks, saved):
+        inputs = tuple(inputs)
+        own = inputs[len(inputs) - len(term.inputs) :] if term.inputs else ()
+        rest = inputs[: len(inputs) - len(term.inputs)]
+        if own != term.inputs or (rest and not term.rest) or not all(isinstance(e, str) and is_column_term(e) for e in rest):
+            raise ModelFileError(f"the saved inputs {list(inputs)} are not those of {term}")
+        result.append(inputs)
+    return tuple(result)
 
 
 def check_rebuilt(original: DesignSpec, rebuilt: DesignSpec) -> None:

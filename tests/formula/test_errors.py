@@ -129,6 +129,16 @@ CASES = [
     ('y ~ C(x, "\\d")', 9, "invalid escape"),
     ("y ~ f(a=1, 2)", 11, "positional argument follows a keyword argument"),
     ("y ~ f(a=1, a=2)", 11, "keyword 'a' is given twice"),
+    # calls outside the formula vocabulary (gmenn_formula.formula.functions), wherever they stand
+    ("y ~ foo(x)", 4, "unknown function 'foo'"),
+    ("y ~ x + np.savetxt('/tmp/p', x)", 8, "unknown function 'np.savetxt'"),
+    ("pd.read_pickle('m') ~ x", 0, "unknown function 'pd.read_pickle'"),
+    ("y ~ nn(x + os.system('ls'))", 11, "unknown function 'os.system'"),
+    ("y ~ (1 + eval(x) | g)", 9, "unknown function 'eval'"),
+    ("y ~ offset(__import__('os'))", 11, "unknown function '__import__'"),
+    ("cbind(k, exec(n)) ~ x", 9, "unknown function 'exec'"),
+    ("y ~ C(g, np.load('x.npy'))", 9, "unknown function 'np.load'"),
+    ("y ~ I(np.lgo(x))", 6, "unknown function 'np.lgo'; did you mean 'np.log'?"),
     # terms
     ("y ~ 2", 4, "the number 2 cannot be a term"),
     ("y ~ x - z", 6, "'-' can only remove the intercept"),
