@@ -43,6 +43,7 @@ from torch import nn
 
 import gmenn_formula as gf
 from gmenn_formula.mstep.networks import DEFAULT_DROPOUT, DEFAULT_HIDDEN, mlp
+from gmenn_formula.training.config import TrainingSettings
 
 METHODS = ("Ignore", "One-hot", "Target enc.", "Embedding")
 TE_FOLDS = 5
@@ -209,7 +210,7 @@ class Trained:
     seconds: float
 
 
-def train_network(model: nn.Module, data: Tabular, config: gf.FitConfig, seed: int) -> Trained:
+def train_network(model: nn.Module, data: Tabular, config: TrainingSettings, seed: int) -> Trained:
     """Minibatch Adam with early stopping on a validation split, best weights restored (FitConfig's settings)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -250,7 +251,7 @@ def probabilities(model: nn.Module, data: Tabular) -> np.ndarray:
     return torch.softmax(eta, dim=1).numpy()
 
 
-def fit_baseline(method: str, split: Split, config: gf.FitConfig, seed: int) -> dict:
+def fit_baseline(method: str, split: Split, config: TrainingSettings, seed: int) -> dict:
     """Train one baseline; returns test probabilities (n_test, C), seconds (encoding included), epochs."""
     started = time.perf_counter()
     torch.manual_seed(seed)  # the initial weights, independent of whatever ran before

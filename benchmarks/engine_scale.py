@@ -16,14 +16,14 @@ import time
 import numpy as np
 
 import gmenn_formula as gf
-from gmenn_formula.simulation import simulate
+from gmenn_formula.simulation import paper_scenario
 
 
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     levels = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    sim = simulate(rows=rows, features=2, levels=(levels,) * 3, variances=(0.5, 0.3, 0.2), family="gaussian",
+    sim = paper_scenario(rows=rows, features=2, levels=(levels,) * 3, variances=(0.5, 0.3, 0.2), family="gaussian",
                    nonlinear=False, rows_per_level=rows / levels, seed=0)
     data_mb = sim.data.memory_usage(deep=True).sum() / 2**20
     start = time.perf_counter()

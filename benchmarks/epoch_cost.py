@@ -26,8 +26,8 @@ import gmenn_formula as gf
 from gmenn_formula.families import get_family
 from gmenn_formula.mstep.networks import DEFAULT_DROPOUT, DEFAULT_HIDDEN, FixedPart, mlp
 from gmenn_formula.mstep.step import Rows, expected_nll, train_epoch
-from gmenn_formula.simulation import simulate
-from gmenn_formula.training.em import fit_design
+from gmenn_formula.simulation import paper_scenario
+from gmenn_formula.training.fit import fit_design
 
 EPOCHS = 8
 SKIPPED = 2
@@ -43,7 +43,7 @@ def _rows(design, index: np.ndarray) -> Rows:
 def ignore_epoch_seconds(design, batch_size: int) -> float:
     """Mean seconds of an epoch of the same MLP without random effects (Adam over the fit's
     training share of the rows, then the validation loss on the rest), first epoch dropped."""
-    n = int(round(design.num_rows * (1 - gf.FitConfig().validation_fraction)))
+    n = int(round(design.num_rows * (1 - gf.FitConfig().training.validation_fraction)))
     train, validation = _rows(design, np.arange(n)), _rows(design, np.arange(n, design.num_rows))
     family = get_family("categorical")
     model = FixedPart([mlp(train.X_networks[0].shape[1], 5, DEFAULT_HIDDEN, DEFAULT_DROPOUT, "relu")], 0, 5)
@@ -62,22 +62,22 @@ def ignore_epoch_seconds(design, batch_size: int) -> float:
 
 def gmenn_epoch_seconds(design, batch_size: int, overlap: bool) -> tuple[float, float, float]:
     """Mean wall seconds per training epoch of a real fit, the sampler's seconds and the seconds the epoch waited for it."""
-    config = gf.FitConfig(
+    config = gf.FitConfig.from_control(
         epochs=EPOCHS, patience=EPOCHS, final_epochs=1, average_epochs=1, max_average_epochs=1, batch_size=batch_size,
         overlap_estep=overlap, verbose=0,
     )
     state = fit_design(design, config)
-    train = [h for h in state.history if h["phase"] == "train"][SKIPPED:]
-    seconds = float(np.mean([h["seconds"] for h in train]))
-    estep = float(np.mean([h["estep_seconds"] for h in train]))
-    waited = float(np.mean([h["seconds"] - h["mstep_seconds"] for h in train]))
+    train = [h for h in state.history if h.phase == "train"][SKIPPED:]
+    seconds = float(np.mean([h.seconds for h in train]))
+    estep = float(np.mean([h.estep_seconds for h in train]))
+    waited = float(np.mean([h.seconds - h.mstep_seconds for h in train]))
     return seconds, estep, waited
 
 
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     batch_sizes = [int(sys.argv[2])] if len(sys.argv) > 2 else [100, 512]
-    sim = simulate(rows=rows, seed=0)
+    sim = paper_scenario(rows=rows, seed=0)
     design = gf.design(sim.formula, sim.data, family="categorical")
     print(f"Base scenario, {rows:,} rows, {torch.get_num_threads()} torch threads")
     print("| batch | E-step | Ignore s/epoch | MC-GMENN s/epoch | ratio | sampler s/epoch | waited for it s/epoch |")

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     families = args.families.split(",")
     out_path = Path(args.out) if args.out else RESULTS / ("glmm_vs_lme4_full.md" if args.full else "glmm_vs_lme4.md")
 
-    from gmenn_formula.simulation import simulate
+    from gmenn_formula.simulation import paper_scenario
 
     load_start = os.getloadavg()
     lines: list[str] = [HEADER, RULE]
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         for rows, levels in sizes:
             for family in families:
-                sim = simulate(rows=rows, features=FEATURES, levels=(levels,) * 3, variances=VARIANCES, family=family,
+                sim = paper_scenario(rows=rows, features=FEATURES, levels=(levels,) * 3, variances=VARIANCES, family=family,
                                rows_per_level=rows / levels, intercept=INTERCEPT, nonlinear=False, seed=args.seed)
                 beta = sim.beta[:, 0]
                 csv = workdir / "data.csv"

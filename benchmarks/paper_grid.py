@@ -57,7 +57,7 @@ import baselines
 import gmenn_formula as gf
 from gmenn_formula.errors import NewLevelWarning
 from gmenn_formula.metrics import macro_auc, roc_auc
-from gmenn_formula.simulation import Simulated, simulate
+from gmenn_formula.simulation import Simulated, paper_scenario
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEST_FRACTION = 0.2
@@ -68,10 +68,10 @@ class Scenario:
     name: str
     table: str
     family: str  # "binomial" or "categorical"
-    settings: dict = field(default_factory=dict)  # simulate() keywords besides rows and seed
+    settings: dict = field(default_factory=dict)  # paper_scenario() keywords besides rows and seed
 
     def simulate(self, rows: int, seed: int) -> Simulated:
-        return simulate(rows=rows, family=self.family, seed=seed, **self.settings)
+        return paper_scenario(rows=rows, family=self.family, seed=seed, **self.settings)
 
 
 def _table1(levels: int, variance: float) -> Scenario:
@@ -193,7 +193,7 @@ def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], 
     """All methods on one scenario and seed. ``control``: settings passed to ``gf.gmenn`` besides seed and
     verbose=0 (empty by default, i.e. ``gf.FitConfig()``'s defaults: the same Adam rate, batch size, validation
     split, patience and epoch cap as the baselines)."""
-    sim = scenario.simulate(rows, seed)
+    sim = scenario.paper_scenario(rows, seed)
     order = np.random.default_rng(seed + 10_000).permutation(rows)
     num_test = round(TEST_FRACTION * rows)
     test, train = np.sort(order[:num_test]), np.sort(order[num_test:])
@@ -203,7 +203,7 @@ def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], 
     factors = [c for c in sim.data.columns if c.startswith("g")]
     split = baselines.make_split(train_data, test_data, features, factors, "y", classes)
     y_test = split.test.y
-    config = gf.FitConfig()
+    config = gf.FitConfig().training
     base = {"scenario": scenario.name, "table": scenario.table, "rows": rows, "seed": seed}
     records = []
 
@@ -435,9 +435,9 @@ def main(argv: list[str] | None = None) -> None:
         f"# Paper grid ({'full' if args.full else 'quick'}): {rows:,} rows per data set, 80/20 split, seeds 0..{seeds - 1}\n\n"
         f"Run {started_at:%Y-%m-%d %H:%M %Z}, {minutes:.1f} minutes in all; {machine(commit)}; load average at start {load:.2f}, at end {os.getloadavg()[0]:.2f}.\n"
         f"Command: `{' '.join(['python benchmarks/paper_grid.py', *(sys.argv[1:] if argv is None else argv)])}`. "
-        f"Training settings of every method: gf.FitConfig() defaults (Adam lr {gf.FitConfig().learning_rate:g}, batch "
-        f"{gf.FitConfig().batch_size}, validation {gf.FitConfig().validation_fraction:g}, patience {gf.FitConfig().patience}, "
-        f"at most {gf.FitConfig().max_epochs(True)} epochs, best weights restored); MC-GMENN control: {control or 'defaults'}."
+        f"Training settings of every method: gf.FitConfig() defaults (Adam lr {gf.FitConfig().training.learning_rate:g}, batch "
+        f"{gf.FitConfig().training.batch_size}, validation {gf.FitConfig().training.validation_fraction:g}, patience {gf.FitConfig().training.patience}, "
+        f"at most {gf.FitConfig().training.max_epochs(True)} epochs, best weights restored); MC-GMENN control: {control or 'defaults'}."
     )
     text = report(frame, header)
     print("\n" + text)

@@ -25,16 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmenn_formula.estep import (
-    BlockWhitening,
-    EpochInfo,
-    SamplerConfig,
-    SamplerState,
-    build_whitening,
-    init,
-    linear_predictor,
-    sample_epoch,
-)
+from gmenn_formula.estep.precondition import BlockWhitening, build_whitening
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "estep"))
+from targets import linear_predictor  # noqa: E402  the reference target the sampler tests use
+
+from gmenn_formula.estep.sampler import DrawInfo, SamplerConfig, SamplerState, init, sample_chunk
 from gmenn_formula.families import get_family
 
 LEVELS = (1000, 10, 1000)
@@ -63,7 +61,7 @@ def simulate(num_rows: int, seed: int) -> dict[str, Any]:
 @jax.jit
 def whitening_at(center: tuple[jax.Array, ...], data: dict[str, Any]) -> BlockWhitening:
     """Whitening at ``center`` from the categorical Fisher information of the rows there."""
-    fisher = CATEGORICAL.jax_fisher(linear_predictor(data["F"], data["codes"], data["Z"], center), None, None)
+    fisher = CATEGORICAL.fisher(linear_predictor(data["F"], data["codes"], data["Z"], center), None, None, xp=jnp)
     return build_whitening(center, fisher, data["codes"], data["Z"], data["prior_precisions"])
 
 
@@ -77,12 +75,12 @@ def logdensity(position: tuple[jax.Array, ...], data: dict[str, Any]) -> jax.Arr
 
 def run_epoch(
     key: jax.Array, state: SamplerState, config: SamplerConfig, data: dict[str, Any], center: tuple[jax.Array, ...]
-) -> tuple[SamplerState, tuple[jax.Array, ...], EpochInfo]:
+) -> tuple[SamplerState, tuple[jax.Array, ...], DrawInfo]:
     """One epoch; "whitened" rebuilds its whitening at ``center`` first."""
     whitening = None
     if config.kind == "whitened":
         whitening = whitening_at(center, data)
-    return sample_epoch(key, state, logdensity, config, whitening, (data,))
+    return sample_chunk(key, state, logdensity, config, whitening, (data,))
 
 
 def ess(draws: np.ndarray) -> np.ndarray:

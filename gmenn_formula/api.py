@@ -1,4 +1,5 @@
-"""The verbs a user calls: ``gmenn()`` fits a model and returns a :class:`GmennResult`."""
+"""The verbs a user calls: ``gmenn()`` fits a model and returns a :class:`GmennResult`;
+``load()`` reads one back (:func:`gmenn_formula.results.result.load`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pandas as pd
 from gmenn_formula.design import design as build_design
 from gmenn_formula.errors import DataTypeError
 from gmenn_formula.formula import Formula
-from gmenn_formula.results.result import GmennResult
+from gmenn_formula.results.result import GmennResult, load
 from gmenn_formula.training.config import FitConfig
-from gmenn_formula.training.em import fit_design
 from gmenn_formula.training.progress import ProgressBar
+
+__all__ = ["gmenn", "load"]
 
 
 def gmenn(
@@ -29,15 +31,18 @@ def gmenn(
     ``"y ~ nn(x1 + x2) + (1 | g)"``. ``family``: "gaussian" (default),
     "binomial" (default for ``cbind()``), "poisson" or "categorical".
     ``nets``: user torch modules (or factories ``(inputs, outputs) -> Module``)
-    by the name used in ``nn(..., net="name")``. ``control``: settings of
+    by the name used in ``nn(..., net="name")``. ``control``: the flat settings of
     :class:`~gmenn_formula.training.config.FitConfig` (epochs, batch_size,
     learning_rate, draws, burn_in, sampler, penalty, patience,
-    validation_fraction, seed, device, verbose, ...). ``data`` is not modified.
+    validation_fraction, seed, device, verbose, ...), all checked before anything
+    else is done. ``data`` is not modified.
     """
     if not isinstance(data, pd.DataFrame):
         raise DataTypeError(f"data must be a pandas DataFrame, not {type(data).__name__}; wrap it with pandas.DataFrame(...).")
     config = FitConfig.from_control(**control)
     fitted_design = build_design(formula, data, family=family, na_action=na_action)
-    with ProgressBar(enabled=config.verbose > 0) as bar:
+    from gmenn_formula.training.fit import fit_design  # the engine (PyMC, PyTensor, JAX) loads on the first fit
+
+    with ProgressBar(enabled=config.runtime.verbose > 0) as bar:
         state = fit_design(fitted_design, config, nets=nets, progress=bar.update)
     return GmennResult(fitted_design, state)

@@ -5,109 +5,131 @@
     gmenn predict model.gmenn new.csv -o predictions.csv --type response
     gmenn demo --rows 20000
 
-Mistakes (a bad formula, a missing column, a corrupt model file) print one
-``error: ...`` message and exit with status 2; the library's warnings
-(dropped rows, new levels) print as ``warning: ...``.
+Mistakes (a bad formula, a missing column, a corrupt model file, an output folder
+that does not exist) print one ``error: ...`` message and exit with status 2, and
+are caught before any fitting starts where they can be; the library's warnings
+(dropped rows, new levels) print as ``warning: ...``. The parser is built from
+light modules only, so ``--help`` and argument errors do not wait for torch,
+PyMC or JAX to load.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-import gmenn_formula as gf
-from gmenn_formula.design import FAMILIES
 from gmenn_formula.errors import DataError, GmennError, MissingValueWarning, NewLevelWarning
-from gmenn_formula.metrics import macro_auc
-from gmenn_formula.results.result import PREDICT_TYPES
-from gmenn_formula.simulation import simulate
+from gmenn_formula.families import FAMILIES
+from gmenn_formula.results import PREDICT_TYPES
+from gmenn_formula.training.config import FitConfig
 
 EXIT_ERROR = 2
 DEMO_ROWS = 20_000
 DEMO_TEST_FRACTION = 0.2
-DEMO_CONTROL: dict = {}
-"""Fit settings of ``gmenn demo`` besides seed and verbose: none, FitConfig()'s defaults (16,000 training rows fit in ~15 s on 2 CPU cores)."""
-
-CONTROL_OPTIONS = {
-    "epochs": (int, "most EM epochs (default 100 with nn(), 2000 without)"),
-    "batch-size": (int, "rows per minibatch of the network's M-step"),
-    "learning-rate": (float, "Adam learning rate"),
-    "draws": (int, "E-step draws K per epoch (variance phase)"),
-    "training-draws": (int, "E-step draws K per epoch while the network trains"),
-    "burn-in": (int, "E-step draws R dropped per epoch"),
-    "patience": (int, "early-stopping patience in epochs"),
-    "final-epochs": (int, "E-steps on all rows with the network frozen"),
-    "average-epochs": (int, "fewest epochs averaged into the reported variances"),
-    "max-average-epochs": (int, "most epochs averaged while the Monte Carlo error is above target"),
-    "sampler": (str, "E-step sampler: whitened or paper"),
-    "device": (str, "torch device: auto, cpu, cuda"),
-    "seed": (int, "seed of numpy, torch and JAX"),
-}
-"""``--option`` -> (type, help) for the fit settings of ``gmenn_formula.FitConfig``."""
+READERS = (".csv", ".parquet")
 
 
-def _read_data(path: str) -> pd.DataFrame:
+def _read_data(path: str):
     """A CSV or parquet file as a DataFrame; DataError when it cannot be read."""
+    import pandas as pd
+
     suffix = Path(path).suffix.lower()
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
-    if suffix not in readers:
+    if suffix not in READERS:
         raise DataError(f"Cannot read {path}: the data must be a .csv or .parquet file.")
     try:
-        return readers[suffix](path)
+        return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
     except ImportError as exc:
         raise DataError(f"Reading {path} needs a parquet engine: pip install pyarrow ({exc}).") from exc
     except (OSError, ValueError) as exc:
         raise DataError(f"Cannot read {path}: {exc}") from exc
 
 
+def _check_input(path: str) -> None:
+    """Refuse an input file that is missing or of an unknown kind, before any work."""
+    if Path(path).suffix.lower() not in READERS:
+        raise DataError(f"Cannot read {path}: the data must be a .csv or .parquet file.")
+    if not Path(path).is_file():
+        raise DataError(f"No data file at {path}.")
+
+
+def _check_output(path: str) -> None:
+    """Refuse an output path whose folder is missing or not writable, before any work."""
+    folder = Path(path).resolve().parent
+    if Path(path).is_dir():
+        raise DataError(f"The output {path} is a directory; give a file name such as {Path(path) / 'out'}.")
+    if not folder.is_dir():
+        raise DataError(f"The output folder {folder} does not exist; create it or choose another -o path.")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"The output folder {folder} is not writable; choose another -o path.")
+
+
 def _control(args: argparse.Namespace) -> dict:
-    """The fit settings given on the command line (FitConfig field names)."""
-    names = [option.replace("-", "_") for option in CONTROL_OPTIONS]
-    control = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    """The fit settings given on the command line (FitConfig's flat names)."""
+    control = {name: getattr(args, name) for name in _settings() if getattr(args, name, None) is not None}
     return {**control, "verbose": args.verbose}
 
 
+def _settings() -> dict[str, object]:
+    """Every fit setting but ``verbose`` (an option of its own) -> its rule."""
+    groups = (FitConfig.__dataclass_fields__[name].default for name in ("training", "estep", "convergence", "runtime"))
+    return {f.name: f.metadata["rule"] for group in groups for f in fields(group) if f.name != "verbose"}
+
+
 def _fit(args: argparse.Namespace) -> None:
-    result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **_control(args))
+    import gmenn_formula as gf
+
+    control = _control(args)
+    FitConfig.from_control(**control)
+    gf.parse(args.formula)
+    _check_input(args.data)
+    _check_output(args.output)
+    result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **control)
     print(result.summary())
     print(f"\nsaved to {result.save(args.output)}")
 
 
 def _summary(args: argparse.Namespace) -> None:
+    import gmenn_formula as gf
+
     print(gf.load(args.model).summary())
 
 
-def _kept_rows(result, data: pd.DataFrame, count: int) -> pd.Index:
-    """Labels of the ``count`` rows of ``data`` that were predicted (rows with missing values are dropped)."""
-    if count == len(data):
-        return data.index
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # already reported by predict()
-        return result.spec.apply(data).rows
-
-
 def _predict(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    import gmenn_formula as gf
+
+    _check_input(args.data)
+    _check_output(args.output)
     result = gf.load(args.model)
     data = _read_data(args.data)
     re_form = "~0" if args.population_level else None
     predictions = result.predict(data, type=args.type, re_form=re_form, allow_new_levels=not args.no_new_levels)
     if not isinstance(predictions, pd.DataFrame):
         name = "class" if args.type == "class" else "fit"
-        predictions = pd.DataFrame({name: predictions}, index=_kept_rows(result, data, len(predictions)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already reported by predict()
+            rows = data.index if len(predictions) == len(data) else result.spec.apply(data).rows
+        predictions = pd.DataFrame({name: predictions}, index=rows)
     predictions.to_csv(args.output, index_label="row")
     print(f"{len(predictions)} predictions written to {args.output}")
 
 
 def _demo(args: argparse.Namespace) -> None:
     """Fit the paper's base multi-class scenario on simulated data; held-out AUC against the ceiling."""
-    sim = simulate(rows=args.rows, seed=args.seed)
+    import numpy as np
+
+    import gmenn_formula as gf
+    from gmenn_formula.metrics import macro_auc
+    from gmenn_formula.simulation import paper_scenario
+
+    sim = paper_scenario(rows=args.rows, seed=args.seed)
     test = np.random.default_rng(args.seed).random(args.rows) < DEMO_TEST_FRACTION
     train_data, test_data = sim.data[~test], sim.data[test]
     print(
@@ -116,7 +138,7 @@ def _demo(args: argparse.Namespace) -> None:
         f"Formula: {sim.formula}\n"
     )
     started = time.perf_counter()
-    result = gf.gmenn(sim.formula, train_data, family="categorical", seed=args.seed, verbose=args.verbose, **DEMO_CONTROL)
+    result = gf.gmenn(sim.formula, train_data, family="categorical", seed=args.seed, verbose=args.verbose)
     seconds = time.perf_counter() - started
     print(result.summary())
     y = test_data["y"].to_numpy()
@@ -132,6 +154,17 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"  {label:<38} {auc:.3f}")
 
 
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per fit setting (``--no-option`` for a switch), help from FitConfig."""
+    descriptions = FitConfig.describe()
+    for name, rule in _settings().items():
+        option = f"--{name.replace('_', '-')}"
+        if rule.kind is bool:
+            parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=None, help=descriptions[name])
+        else:
+            parser.add_argument(option, dest=name, type=rule.kind, choices=rule.choices or None, help=descriptions[name])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gmenn", description="Mixed effects neural networks with lme4 formulas, fitted by Monte Carlo EM."
@@ -143,8 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="training data (.csv or .parquet)")
     fit.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.gmenn)")
     fit.add_argument("--family", choices=FAMILIES, help="response family (default: gaussian, binomial for cbind())")
-    for option, (kind, text) in CONTROL_OPTIONS.items():
-        fit.add_argument(f"--{option}", type=kind, help=text)
+    _add_settings(fit)
     fit.add_argument("--verbose", type=int, default=1, help="1: progress bar (default), 0: silent")
     fit.set_defaults(run=_fit)
 

@@ -87,6 +87,19 @@ class NewLevelError(DataError):
     """New data holds grouping levels unseen in training and ``allow_new_levels=False``."""
 
 
+class ConvergenceError(GmennError, RuntimeError):
+    """A fit diverged (non-finite losses or parameters) and could not recover; the message says why."""
+
+
+class GmennWarning(UserWarning):
+    """Root of the warnings gmenn-formula gives."""
+
+
+class ConvergenceWarning(GmennWarning):
+    """A fit ended without meeting its convergence rules (lme4's convergence warnings); the
+    reasons are in ``summary()`` and ``fit.state.messages``."""
+
+
 class MissingValueWarning(UserWarning):
     """Rows with missing values were dropped (lme4's ``na.omit``)."""
 

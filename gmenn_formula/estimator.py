@@ -86,11 +86,8 @@ class GMENN:
         appended as the formula's response column (``X`` is not modified). Returns self."""
         data = self._with_response(X, y)
         self.result_ = gmenn(self.formula, data, family=self.family, nets=self.nets, na_action=self.na_action, **self._control)
-        classes = self.result_.spec.response.classes
-        family = self.result_.family.name
-        if family == "categorical":
-            self.classes_ = np.asarray(classes, dtype=object)
-        elif family == "binomial":
+        if self.result_.family.classifier:
+            classes = self.result_.spec.response.classes
             self.classes_ = np.asarray(classes, dtype=object) if classes is not None else np.array([0, 1])
         return self
 
@@ -99,7 +96,7 @@ class GMENN:
         label for binomial and categorical. ``kwargs`` (``re_form``,
         ``allow_new_levels``) go to :meth:`GmennResult.predict`."""
         result = self._fitted()
-        if result.family.name in ("binomial", "categorical"):
+        if result.family.classifier:
             return self.classes_[self.predict_proba(X, **kwargs).argmax(axis=1)]
         return np.asarray(result.predict(X, type="response", **kwargs))
 
@@ -107,11 +104,8 @@ class GMENN:
         """(n, classes) class probabilities, columns in the order of ``classes_``
         (binomial and categorical families only)."""
         result = self._fitted()
-        family = result.family.name
-        if family not in ("binomial", "categorical"):
-            raise DataError(f"predict_proba needs a binomial or categorical family, not {family}; use predict().")
         mean = np.asarray(result.predict(X, type="response", **kwargs), dtype=np.float64)
-        return np.column_stack([1.0 - mean, mean]) if family == "binomial" else mean
+        return result.family.class_probabilities(mean)
 
     # -- helpers --------------------------------------------------------------------------------
     def _fitted(self) -> GmennResult:

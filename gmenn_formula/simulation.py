@@ -41,7 +41,7 @@ class Simulated:
     beta: np.ndarray | None = None
 
 
-def simulate(
+def paper_scenario(
     rows: int = 20_000,
     features: int = 10,
     classes: int = 5,

@@ -11,8 +11,9 @@ dense (n, p) array: memory is O(n * p), never a dense (n, q) matrix.
 """
 
 from gmenn_formula.design.grouping import NEW_LEVEL, GroupingFactor
-from gmenn_formula.design.response import FAMILIES, ResponseData
-from gmenn_formula.design.spec import Design, DesignSpec, RandomEffectDesign, RandomSpec, describe, design
+from gmenn_formula.design.response import ResponseData
+from gmenn_formula.design.spec import Design, DesignSpec, NetworkSpec, RandomEffectDesign, RandomSpec, describe, design
+from gmenn_formula.families import FAMILIES
 
 __all__ = [
     "FAMILIES",
@@ -20,6 +21,7 @@ __all__ = [
     "Design",
     "DesignSpec",
     "GroupingFactor",
+    "NetworkSpec",
     "RandomEffectDesign",
     "RandomSpec",
     "ResponseData",

@@ -28,6 +28,9 @@ ENVIRONMENT = Environment([{**_MATH, "np": SimpleNamespace(**_MATH)}])
 the numpy functions of the formula vocabulary (``log(t)`` as in R, or ``np.log(t)``) and nothing
 else; never the caller's frame (see :mod:`gmenn_formula.formula.functions`)."""
 
+INTERCEPT = "(Intercept)"
+"""The intercept column's name, as R prints it."""
+
 _LEVELS_NOT_PRESENT = re.compile(r"The levels? \((?P<levels>.*)\) in '(?P<term>.*)' (?:is|are) not present")
 
 
@@ -110,7 +113,7 @@ class ParametricBlock:
         except Exception as exc:  # formulae raises bare ValueError/TypeError/NameError
             raise DataError(f"Could not build the {role} columns {formula!r}: {exc}") from exc
         frame = matrix.as_dataframe()
-        names = tuple("(Intercept)" if c == "Intercept" else str(c) for c in frame.columns)
+        names = tuple(INTERCEPT if c == "Intercept" else str(c) for c in frame.columns)
         return cls(formula, names, matrix), np.array(frame, dtype=np.float64)
 
     def apply(self, data: pd.DataFrame, role: str) -> np.ndarray:

@@ -20,15 +20,14 @@ import pandas as pd
 from gmenn_formula.errors import ResponseError
 from gmenn_formula.formula.terms import BinomialResponse, Response
 
-FAMILIES = ("gaussian", "binomial", "poisson", "categorical")
-
 
 @dataclass(frozen=True)
 class ResponseData:
-    """Encoded response: ``y`` (n,), ``trials`` (n,) for binomial else None."""
+    """Encoded response: ``y`` (n,) float64 (int64 class codes for categorical), ``trials`` (n,)
+    float64: the binomial trials, ones for every other family."""
 
     y: np.ndarray
-    trials: np.ndarray | None = None
+    trials: np.ndarray
 
 
 def _labels(values: pd.Series) -> tuple:
@@ -109,6 +108,10 @@ class ResponseCoder:
             raise ResponseError(f"The categorical family needs at least two classes; {name!r} has {len(labels)}.")
         return cls("categorical", name, labels)
 
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Response values (class labels where there are classes) from codes or successes (...,)."""
+        return np.asarray(self.classes, dtype=object)[codes] if self.classes is not None else codes
+
     def encode(self, values: pd.Series | tuple[np.ndarray, np.ndarray]) -> ResponseData:
         """Encode response values (n,) the way training did; unknown classes are an error."""
         if isinstance(values, tuple):
@@ -120,12 +123,10 @@ class ResponseCoder:
             y = _numeric(values, self.name, self.family)
             if self.family == "poisson":
                 _counts(y, self.name, "The poisson response")
-            return ResponseData(y, np.ones_like(y) if self.family == "binomial" else None)
+            return ResponseData(y, np.ones_like(y))
         codes = pd.Index(self.classes).get_indexer(values)
         if (codes < 0).any():
             unknown = values.iloc[int(np.argmax(codes < 0))]
             raise ResponseError(f"Response {self.name!r} has class {unknown!r}, which the training data did not have; known classes: {list(self.classes)}.")
-        if self.family == "binomial":
-            y = codes.astype(np.float64)
-            return ResponseData(y, np.ones_like(y))
-        return ResponseData(codes.astype(np.int64))
+        y = codes.astype(np.int64 if self.family == "categorical" else np.float64)
+        return ResponseData(y, np.ones(len(y)))

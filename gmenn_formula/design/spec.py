@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gmenn_formula.design.columns import ParametricBlock, check_columns, variables
+from gmenn_formula.design.columns import INTERCEPT, ParametricBlock, check_columns, variables
 from gmenn_formula.design.grouping import NEW_LEVEL, GroupingFactor
-from gmenn_formula.design.response import FAMILIES, ResponseCoder, ResponseData
+from gmenn_formula.design.response import ResponseCoder, ResponseData
 from gmenn_formula.errors import (
     DataError,
     DataTypeError,
@@ -27,8 +27,9 @@ from gmenn_formula.errors import (
     NewLevelError,
     NewLevelWarning,
 )
+from gmenn_formula.families import Family, get_family
 from gmenn_formula.formula import parse
-from gmenn_formula.formula.terms import BinomialResponse, Formula, RandomTerm
+from gmenn_formula.formula.terms import BinomialResponse, Formula, NetworkTerm, RandomTerm
 
 NA_ACTIONS = ("omit", "raise")
 
@@ -56,16 +57,22 @@ class RandomEffectDesign:
     def num_levels(self) -> int:
         return self.factor.num_levels
 
+    @property
+    def correlated(self) -> bool:
+        """Whether the term's p x p covariance is full (``|``) rather than diagonal (``||``)."""
+        return self.term.correlated or len(self.term_names) == 1
+
 
 @dataclass(frozen=True)
 class Design:
     """Arrays for the engine; n rows (after dropping rows with missing values).
 
-    ``X_fixed`` (n, k) linear fixed-effect columns named ``fixed_names``;
-    ``offset`` (n,); ``X_networks[j]`` (n, d_j) inputs of the j-th ``nn()``;
-    ``random`` one entry per random-effect term; ``response`` None when
-    predicting without a response; ``rows`` the kept row labels of the data;
-    ``new_levels`` rows per grouping factor whose level was unseen in training.
+    ``X_fixed`` (n, k) linear fixed-effect columns named ``fixed_names`` (with
+    ``nn()`` terms the intercept is the networks' output bias, so it has no
+    column); ``offset`` (n,); ``X_networks[j]`` (n, d_j) inputs of the j-th
+    ``nn()``; ``random`` one entry per random-effect term; ``response`` None
+    when predicting without a response; ``rows`` the kept row labels of the
+    data; ``new_levels`` rows per grouping factor whose level was unseen in training.
     """
 
     spec: DesignSpec
@@ -84,7 +91,11 @@ class Design:
 
     @property
     def fixed_names(self) -> tuple[str, ...]:
-        return self.spec.fixed.names
+        return self.spec.fixed_names
+
+    @property
+    def family(self) -> Family:
+        return self.spec.family
 
     def __repr__(self) -> str:
         return describe(self)
@@ -101,21 +112,43 @@ class RandomSpec:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """One ``nn()`` term: its options (``term``), its resolved inputs (``nn(.)`` expanded)
+    and their learned encoding (``block``, one column per network input)."""
+
+    term: NetworkTerm
+    inputs: tuple[str, ...]
+    block: ParametricBlock
+
+
+@dataclass(frozen=True)
 class DesignSpec:
-    """Encodings learned on training data; ``apply`` re-uses them on new data."""
+    """Encodings learned on training data; ``apply`` re-uses them on new data.
+
+    ``formula`` is kept for printing and saving; the structure of the model is in
+    the other fields, which is what the engine and the results read.
+    """
 
     formula: Formula
-    family: str
+    family: Family
     response: ResponseCoder
     fixed: ParametricBlock
     offsets: tuple[ParametricBlock, ...]
-    networks: tuple[ParametricBlock, ...]
-    network_inputs: tuple[tuple[str, ...], ...]
+    networks: tuple[NetworkSpec, ...]
     random: tuple[RandomSpec, ...]
 
     @property
-    def network_names(self) -> tuple[tuple[str, ...], ...]:
-        return tuple(block.names for block in self.networks)
+    def fixed_names(self) -> tuple[str, ...]:
+        """The linear fixed effects: the fixed block's columns, less the intercept when ``nn()``
+        terms are present (their output bias is the intercept; a categorical term keeps the
+        coding it has beside an intercept)."""
+        names = self.fixed.names
+        return names[1:] if self.networks and names[:1] == (INTERCEPT,) else names
+
+    @property
+    def num_outputs(self) -> int:
+        """Columns c of the linear predictor."""
+        return self.family.num_outputs(len(self.response.classes) if self.response.classes else None)
 
     def apply(
         self,
@@ -138,40 +171,23 @@ class DesignSpec:
         """
         _check_frame(data)
         has_response = require_response or variables_of_response(self.formula) <= set(data.columns)
-        clean, dropped = _complete_rows(data, _used_columns(self.formula, self.network_inputs, has_response), na_action)
+        inputs = tuple(net.inputs for net in self.networks)
+        clean, dropped = _complete_rows(data, _used_columns(self.formula, inputs, has_response), na_action)
         response = self.response.encode(_response_values(self.formula, clean)) if has_response else None
-        random = []
-        new_levels: dict[str, int] = {}
-        for part in self.random:
-            codes = part.factor.encode(clean)
-            unseen = int((codes == NEW_LEVEL).sum())
-            if unseen:
-                example = clean.loc[codes == NEW_LEVEL, list(part.factor.columns)].iloc[0].tolist()
-                if not allow_new_levels and with_random_effects:
-                    raise NewLevelError(
-                        f"{unseen} row(s) of the new data have levels of {part.factor.name!r} unseen in training "
-                        f"(e.g. {':'.join(map(str, example))!r}). Pass allow_new_levels=True to predict them at the "
-                        "population level (random effect 0)."
-                    )
-                new_levels[part.factor.name] = unseen
-            random.append(_random_design(part, codes, part.slopes.apply(clean, _slope_role(part.term))))
+        matrices = [block.apply(clean, role) for block, role in zip(self._blocks(), _roles(self.formula))]
+        codes = [part.factor.encode(clean) for part in self.random]
+        new_levels = _new_levels(self, clean, codes, refuse=not allow_new_levels and with_random_effects)
         if new_levels and with_random_effects:
             summary = ", ".join(f"{name}: {count} row(s)" for name, count in new_levels.items())
             warnings.warn(f"Levels unseen in training get no random effect ({summary}).", NewLevelWarning, stacklevel=2)
-        return Design(
-            spec=self,
-            response=response,
-            X_fixed=self.fixed.apply(clean, "fixed part"),
-            offset=_sum_offsets([block.apply(clean, "offset") for block in self.offsets], len(clean)),
-            X_networks=tuple(block.apply(clean, "nn() inputs") for block in self.networks),
-            random=tuple(random),
-            rows=clean.index,
-            num_dropped=dropped,
-            new_levels=new_levels,
-        )
+        return _assemble(self, clean, dropped, response, matrices, codes, new_levels)
+
+    def _blocks(self) -> list[ParametricBlock]:
+        """Every parametric block, in :func:`block_exprs`'s order."""
+        return [self.fixed, *self.offsets, *(net.block for net in self.networks), *(part.slopes for part in self.random)]
 
 
-def design(formula: str | Formula, data: pd.DataFrame, family: str | None = None, na_action: str = "omit") -> Design:
+def design(formula: str | Formula, data: pd.DataFrame, family: str | Family | None = None, na_action: str = "omit") -> Design:
     """Learn the encodings of ``formula`` on ``data`` and build the design.
 
     ``family`` decides how the response is encoded (``None``: binomial for
@@ -182,44 +198,84 @@ def design(formula: str | Formula, data: pd.DataFrame, family: str | None = None
     parsed = parse(formula) if isinstance(formula, str) else formula
     if not isinstance(parsed, Formula):
         raise DataTypeError(f"formula must be a string or a parsed Formula, not {type(formula).__name__}.")
-    family = family or ("binomial" if isinstance(parsed.response, BinomialResponse) else "gaussian")
-    if family not in FAMILIES:
-        raise FamilyError(f"Unknown family {family!r}; choose one of {', '.join(FAMILIES)}.")
+    resolved = get_family(family or ("binomial" if isinstance(parsed.response, BinomialResponse) else "gaussian"))
     _check_frame(data)
     network_inputs = _resolve_networks(parsed, data)
     clean, dropped = _complete_rows(data, _used_columns(parsed, network_inputs, True), na_action)
     response_values = _response_values(parsed, clean)
-    coder = ResponseCoder.learn(family, parsed.response, response_values)
-    fixed, X_fixed = ParametricBlock.learn(tuple(t.expr for t in parsed.fixed), parsed.intercept, clean, "fixed part")
-    offsets = [ParametricBlock.learn((o.expr,), False, clean, "offset") for o in parsed.offsets]
-    networks = [ParametricBlock.learn(inputs, False, clean, "nn() inputs") for inputs in network_inputs]
-    random_specs, random_designs = [], []
-    for term in parsed.random:
-        factor, codes = GroupingFactor.learn(term.group, clean)
-        slopes, Z = ParametricBlock.learn(term.slopes, term.intercept, clean, _slope_role(term))
-        spec_part = RandomSpec(term, factor, slopes)
-        random_specs.append(spec_part)
-        random_designs.append(_random_design(spec_part, codes, Z))
+    coder = ResponseCoder.learn(resolved.name, parsed.response, response_values)
+    learned = [
+        ParametricBlock.learn(exprs, intercept, clean, role)
+        for (exprs, intercept), role in zip(block_exprs(parsed, network_inputs), _roles(parsed))
+    ]
+    blocks = [block for block, _ in learned]
+    factors, codes = zip(*(GroupingFactor.learn(term.group, clean) for term in parsed.random)) if parsed.random else ((), ())
+    num_offsets, num_networks = len(parsed.offsets), len(parsed.networks)
     spec = DesignSpec(
         formula=parsed,
-        family=family,
+        family=resolved,
         response=coder,
-        fixed=fixed,
-        offsets=tuple(block for block, _ in offsets),
-        networks=tuple(block for block, _ in networks),
-        network_inputs=network_inputs,
-        random=tuple(random_specs),
+        fixed=blocks[0],
+        offsets=tuple(blocks[1 : 1 + num_offsets]),
+        networks=tuple(
+            NetworkSpec(term, inputs, block)
+            for term, inputs, block in zip(parsed.networks, network_inputs, blocks[1 + num_offsets :])
+        ),
+        random=tuple(
+            RandomSpec(term, factor, block)
+            for term, factor, block in zip(parsed.random, factors, blocks[1 + num_offsets + num_networks :])
+        ),
+    )
+    return _assemble(spec, clean, dropped, coder.encode(response_values), [matrix for _, matrix in learned], list(codes), {})
+
+
+def _assemble(
+    spec: DesignSpec,
+    clean: pd.DataFrame,
+    dropped: int,
+    response: ResponseData | None,
+    matrices: list[np.ndarray],
+    codes: list[np.ndarray],
+    new_levels: dict[str, int],
+) -> Design:
+    """The Design of rows ``clean`` from their block matrices (in :func:`block_exprs`'s order) and
+    grouping codes: the one place where training data and new data become engine arrays."""
+    num_offsets, num_networks = len(spec.offsets), len(spec.networks)
+    fixed = matrices[0][:, len(spec.fixed.names) - len(spec.fixed_names) :]
+    offsets = matrices[1 : 1 + num_offsets]
+    random = tuple(
+        RandomEffectDesign(term=part.term, factor=part.factor, term_names=part.slopes.names, codes=part_codes, Z=Z)
+        for part, part_codes, Z in zip(spec.random, codes, matrices[1 + num_offsets + num_networks :])
     )
     return Design(
         spec=spec,
-        response=coder.encode(response_values),
-        X_fixed=X_fixed,
-        offset=_sum_offsets([matrix for _, matrix in offsets], len(clean)),
-        X_networks=tuple(matrix for _, matrix in networks),
-        random=tuple(random_designs),
+        response=response,
+        X_fixed=fixed,
+        offset=np.sum([matrix[:, 0] for matrix in offsets], axis=0) if offsets else np.zeros(len(clean)),
+        X_networks=tuple(matrices[1 + num_offsets : 1 + num_offsets + num_networks]),
+        random=random,
         rows=clean.index,
         num_dropped=dropped,
+        new_levels=new_levels,
     )
+
+
+def _new_levels(spec: DesignSpec, clean: pd.DataFrame, codes: list[np.ndarray], refuse: bool) -> dict[str, int]:
+    """Rows per grouping factor whose level training did not see; NewLevelError if ``refuse``."""
+    new_levels: dict[str, int] = {}
+    for part, part_codes in zip(spec.random, codes):
+        unseen = int((part_codes == NEW_LEVEL).sum())
+        if not unseen:
+            continue
+        if refuse:
+            example = clean.loc[part_codes == NEW_LEVEL, list(part.factor.columns)].iloc[0].tolist()
+            raise NewLevelError(
+                f"{unseen} row(s) of the new data have levels of {part.factor.name!r} unseen in training "
+                f"(e.g. {':'.join(map(str, example))!r}). Pass allow_new_levels=True to predict them at the "
+                "population level (random effect 0)."
+            )
+        new_levels[part.factor.name] = unseen
+    return new_levels
 
 
 def describe(design: Design) -> str:
@@ -227,16 +283,16 @@ def describe(design: Design) -> str:
     spec = design.spec
     lines = [
         f"Design for: {spec.formula}",
-        f"  family: {spec.family}; rows: {design.num_rows}"
+        f"  family: {spec.family.name}; rows: {design.num_rows}"
         + (f" ({design.num_dropped} dropped for missing values)" if design.num_dropped else ""),
-        f"  fixed part: {len(spec.fixed.names)} column(s) {list(spec.fixed.names)}",
+        f"  fixed part: {len(spec.fixed_names)} column(s) {list(spec.fixed_names)}",
     ]
     if spec.response.classes is not None:
         lines.append(f"  response classes: {list(spec.response.classes)}")
-    for j, names in enumerate(spec.network_names, start=1):
-        lines.append(f"  nn() #{j}: {len(names)} input(s) {list(names)}")
+    for j, net in enumerate(spec.networks, start=1):
+        lines.append(f"  nn() #{j}: {len(net.block.names)} input(s) {list(net.block.names)}")
     for part in design.random:
-        kind = "correlated" if part.term.correlated or len(part.term_names) == 1 else "uncorrelated"
+        kind = "correlated" if part.correlated else "uncorrelated"
         lines.append(f"  ({' + '.join(part.term_names)} | {part.name}): {part.num_levels} levels, {kind}")
     for name, count in design.new_levels.items():
         lines.append(f"  new levels of {name}: {count} row(s) get no random effect")
@@ -251,8 +307,10 @@ def variables_of_response(formula: Formula) -> set[str]:
     return variables(response.expr)
 
 
-def _slope_role(term: RandomTerm) -> str:
-    return f"random-effect term {term}"
+def _roles(formula: Formula) -> list[str]:
+    """The role of every parametric block in messages, in :func:`block_exprs`'s order."""
+    roles = ["fixed part", *("offset" for _ in formula.offsets), *("nn() inputs" for _ in formula.networks)]
+    return roles + [f"random-effect term {term}" for term in formula.random]
 
 
 def _check_frame(data: object) -> None:
@@ -267,8 +325,8 @@ def _resolve_networks(formula: Formula, data: pd.DataFrame) -> tuple[tuple[str, 
     if not any(net.rest for net in formula.networks):
         return tuple(net.inputs for net in formula.networks)
     used = variables_of_response(formula) | set(formula.grouping_factors)
-    for expr in _parametric_exprs(formula, tuple(net.inputs for net in formula.networks)):
-        used |= variables(expr)
+    for exprs, _ in block_exprs(formula, tuple(net.inputs for net in formula.networks)):
+        used |= {name for expr in exprs for name in variables(expr)}
     rest = tuple(_column_term(data[c], str(c)) for c in data.columns if c not in used)
     if not rest:
         raise DataError("nn(.) found no data columns left over: every column is already used elsewhere in the formula.")
@@ -295,13 +353,6 @@ def block_exprs(formula: Formula, network_inputs: tuple[tuple[str, ...], ...]) -
     blocks += [(inputs, False) for inputs in network_inputs]
     blocks += [(term.slopes, term.intercept) for term in formula.random]
     return blocks
-
-
-def _parametric_exprs(formula: Formula, network_inputs: tuple[tuple[str, ...], ...]) -> list[str]:
-    exprs = [t.expr for t in formula.fixed] + [o.expr for o in formula.offsets]
-    exprs += [expr for inputs in network_inputs for expr in inputs]
-    exprs += [expr for term in formula.random for expr in term.slopes]
-    return exprs
 
 
 def _used_columns(formula: Formula, network_inputs: tuple[tuple[str, ...], ...], with_response: bool) -> dict[str, str]:
@@ -357,14 +408,3 @@ def _evaluate(expr: str, data: pd.DataFrame) -> np.ndarray:
         return data[name].to_numpy(dtype=np.float64)
     _, matrix = ParametricBlock.learn((f"I({expr})",), False, data, "response")
     return matrix[:, 0]
-
-
-def _sum_offsets(matrices: list[np.ndarray], num_rows: int) -> np.ndarray:
-    total = np.zeros(num_rows)
-    for matrix in matrices:
-        total += matrix[:, 0]
-    return total
-
-
-def _random_design(part: RandomSpec, codes: np.ndarray, Z: np.ndarray) -> RandomEffectDesign:
-    return RandomEffectDesign(term=part.term, factor=part.factor, term_names=part.slopes.names, codes=codes, Z=Z)

@@ -8,7 +8,7 @@ center of the whitening (the mean of the previous epoch's draws), and turns
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -16,27 +16,23 @@ import numpy as np
 
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep import sampler
-from gmenn_formula.estep.model import ModelParams, TermArrays, compile_model, model_data
-from gmenn_formula.estep.precondition import build_whitening
+from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
+from gmenn_formula.estep.model import ModelParams, compile_model, model_data
+from gmenn_formula.estep.precondition import BlockWhitening, build_whitening
 from gmenn_formula.families import Family
 
 VARIANCE_FLOOR = 1e-8
 """Smallest prior variance passed to the sampler (relative to 1): keeps Cholesky factors finite at a boundary fit."""
 
 
-@dataclass(frozen=True)
-class EpochDraws:
-    """Kept draws of one epoch, per term (m, q_l, p_l, c) numpy float32, and the sampler's diagnostics."""
+def _approximate_posterior_draw(rng: np.random.Generator, whitening: BlockWhitening) -> tuple[jax.Array, ...]:
+    """center + L^{-T} z with z ~ N(0, I): one draw of the whitening's Gaussian, per term (q_l, d_l).
+    z comes from numpy: JAX's normal sampler cost ~1 s of XLA compilation for this one draw per fit."""
+    z = tuple(jnp.asarray(rng.standard_normal(c.shape), c.dtype) for c in whitening.center)
+    return _unwhiten(whitening, z)
 
-    effects: tuple[np.ndarray, ...]
-    info: sampler.EpochInfo
 
-
-def _approximate_posterior_draw(key: jax.Array, whitening) -> tuple[jax.Array, ...]:
-    """center + L^{-T} z with z ~ N(0, I): one draw of the whitening's Gaussian, per term (q_l, d_l)."""
-    keys = jax.random.split(key, len(whitening.center))
-    z = tuple(jax.random.normal(k, c.shape, c.dtype) for k, c in zip(keys, whitening.center))
-    return whitening.unwhiten(z)
+_unwhiten = jax.jit(BlockWhitening.unwhiten)
 
 
 def _floored(covariances: np.ndarray) -> np.ndarray:
@@ -82,10 +78,11 @@ class EStep:
         # binomial GLMM barely moved (usable step 0.085) and their second moments collapsed the variances.
         self.cold = True
         self.key = jax.random.PRNGKey(seed)
+        self.rng = np.random.default_rng(seed)
         compiled = self.compiled
 
         def whitening(center, params: ModelParams, data: ModelData, precisions):
-            fisher = family.jax_fisher(compiled.eta(center, params, data), data.trials, params.dispersion)
+            fisher = family.fisher(compiled.eta(center, params, data), data.trials, params.dispersion, xp=jnp)
             return build_whitening(center, fisher * data.weights[:, None, None], data.codes, data.Z, precisions)
 
         self._whitening = jax.jit(whitening)
@@ -109,10 +106,9 @@ class EStep:
         if num_draws % chunk or not 0 <= burn_in < num_draws:
             raise ControlError(f"An E-step compiled for chunks of {chunk} draws cannot make K={num_draws}, R={burn_in}.")
         floored = [_floored(S) for S in covariances]
-        chols = [np.linalg.cholesky(S).astype(np.float32) for S in floored]
         params = ModelParams(
             F=jnp.asarray(F, jnp.float32),
-            chols=tuple(jnp.asarray(L) for L in chols),
+            chol_inverses=tuple(jnp.asarray(np.linalg.inv(np.linalg.cholesky(S)), jnp.float32) for S in floored),
             dispersion=jnp.asarray(dispersion, jnp.float32),
         )
         whitening = None
@@ -120,25 +116,26 @@ class EStep:
             precisions = tuple(jnp.asarray(np.linalg.inv(S), jnp.float32) for S in floored)
             whitening = self._whitening(self.center, params, self.data, precisions)
         if self.cold and whitening is not None:
-            self.key, start_key = jax.random.split(self.key)
-            self.state = self.state._replace(position=_approximate_posterior_draw(start_key, whitening))
+            self.state = self.state._replace(position=_approximate_posterior_draw(self.rng, whitening))
         self.cold = False
         chunks, infos = [], []
         for _ in range(num_draws // chunk):
             self.key, key = jax.random.split(self.key)
-            self.state, draws, info = sampler.sample_epoch(
+            self.state, draws, info = sampler.sample_chunk(
                 key, self.state, self.compiled.logdensity, self.config, whitening, (params, self.data)
             )
             chunks.append(draws)
             infos.append(info)
-        kept = tuple(jnp.concatenate(term)[burn_in:] for term in zip(*chunks))
-        self.center = tuple(d.mean(axis=0) for d in kept)
+        kept, self.center, info = _join_chunks(tuple(chunks), tuple(infos), burn_in)
         effects = tuple(np.array(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(kept, self.shapes))
-        return EpochDraws(effects=effects, info=jax.device_get(_concatenate(infos)))
+        return EpochDraws(effects=effects, info=jax.device_get(info))
 
 
-def _concatenate(infos: list[sampler.EpochInfo]) -> sampler.EpochInfo:
-    """One EpochInfo for an epoch of several chunks: per-draw arrays joined, the mean step size."""
+@partial(jax.jit, static_argnames="burn_in")
+def _join_chunks(chunks: tuple, infos: tuple, burn_in: int) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...], DrawInfo]:
+    """An epoch's chunks as one: per term the kept draws (K - R, q_l, d_l) and their mean (the next
+    center), and one DrawInfo (per-draw arrays joined, the mean step size), in one compiled call."""
+    kept = tuple(jnp.concatenate(term)[burn_in:] for term in zip(*chunks))
     step_size = jnp.mean(jnp.stack([info.step_size for info in infos]))
     joined = [jnp.concatenate(arrays) for arrays in zip(*(info[1:] for info in infos))]
-    return sampler.EpochInfo(step_size, *joined)
+    return kept, tuple(d.mean(axis=0) for d in kept), DrawInfo(step_size, *joined)

@@ -2,9 +2,17 @@
 
 The model (n rows, c outputs, per random-effect term l: q_l levels, p_l coefficients):
 
-    B_l[q, c, :] ~ MvNormal(0, chol = L_l[c])          (p_l,) per level and class
+    B_l[q, c, :] ~ MvNormal(0, L_l[c] L_l[c]^T)         (p_l,) per level and class
     eta          = F + sum_l (B_l[codes_l] * Z_l[:, None, :]).sum(-1)      (n, c)
     log p(y | B) = sum_i w_i log family(y_i | eta_i)     (a pm.Potential)
+
+Both log densities are ``pm.Potential`` terms on ``pm.Flat`` effects, up to
+constants free of B: the prior as -0.5 ||L_l[c]^{-1} B_l[q, c]||^2 + q log|L_l[c]^{-1}|
+with the inverse factors an input (``pm.MvNormal`` rebuilt the covariance L L^T,
+factorised it again and ran a triangular solve over all q levels in every
+gradient, through LAPACK custom calls), the likelihood as the family's
+:meth:`~gmenn_formula.families.base.Family.pymc_loglik` (the closed form of its
+canonical link). The compiled functions hold no custom call.
 
 The row weights w (n,) are 1 for the rows the E-step conditions on and 0 for
 held-out rows: a network fit compiles one model on all rows and samples given
@@ -18,8 +26,7 @@ same static shape (static shapes let PyTensor fold the ``arange`` calls JAX
 needs constant), and jaxify the graph: F, the Cholesky factors, the dispersion
 and the data arrays are all arguments, so one compilation serves every epoch.
 
-Everything runs in float32: importing this module turns ``jax_enable_x64``
-off again after PyTensor's JAX dispatch turned it on.
+Everything runs in float32 (see :func:`~gmenn_formula.estep.runtime.configure_jax`).
 
 The sampler sees each term's effects as a (q_l, p_l * c) block, index
 ``p * c + class`` (see :mod:`gmenn_formula.estep.precondition`).
@@ -27,7 +34,6 @@ The sampler sees each term's effects as a (q_l, p_l * c) block, index
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -40,27 +46,9 @@ import pytensor.tensor as pt
 from pymc.sampling.jax import get_jaxified_graph
 from pytensor.graph.replace import graph_replace
 
+from gmenn_formula.estep.arrays import TermArrays
+from gmenn_formula.estep.runtime import configure_jax
 from gmenn_formula.families import Family
-
-# Importing PyTensor's JAX dispatch turns on jax_enable_x64 when PyTensor's floatX is
-# float64 (its default). The E-step runs in float32 (fast on CPU and GPU; blackjax NUTS
-# breaks with mixed precision), so turn it back off after that import.
-jax.config.update("jax_enable_x64", False)
-# PyTensor's graphs cast to float64/int64 in places; under float32 JAX truncates them, as intended.
-warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)", category=UserWarning)
-
-
-@dataclass(frozen=True)
-class TermArrays:
-    """One random-effect term: ``codes`` (n,) int32 in [0, q), ``Z`` (n, p) float32."""
-
-    codes: np.ndarray
-    Z: np.ndarray
-    num_levels: int
-
-    @property
-    def num_coefs(self) -> int:
-        return self.Z.shape[1]
 
 
 class ModelData(NamedTuple):
@@ -75,11 +63,12 @@ class ModelData(NamedTuple):
 
 class ModelParams(NamedTuple):
     """What changes between epochs: ``F`` (n, c) fixed-part predictor, per term the
-    Cholesky factors ``chols[l]`` (c, p_l, p_l) of the prior covariances, and the
-    gaussian residual variance ``dispersion`` (scalar; ignored by other families)."""
+    inverses ``chol_inverses[l]`` (c, p_l, p_l) of the lower Cholesky factors of the prior
+    covariances, and the gaussian residual variance ``dispersion`` (scalar; ignored by
+    other families)."""
 
     F: jax.Array
-    chols: tuple[jax.Array, ...]
+    chol_inverses: tuple[jax.Array, ...]
     dispersion: jax.Array
 
 
@@ -102,6 +91,18 @@ def _to_pymc_layout(block: jax.Array, shape: tuple[int, int, int]) -> jax.Array:
     return block.reshape(q, p, c).transpose(0, 2, 1)
 
 
+def prior_logp(B, chol_inverse):
+    """log MvNormal(B[q, c] | 0, L[c] L[c]^T) summed over the levels and classes, up to
+    -q c p log(2 pi) / 2; ``B`` (q, c, p), ``chol_inverse`` (c, p, p) the inverses L^{-1} (pytensor)."""
+    num_levels, _, p = B.type.shape
+    if p == 1:
+        standardized = B[:, :, 0] * chol_inverse[:, 0, 0]
+    else:
+        standardized = (chol_inverse[None] * B[:, :, None, :]).sum(-1)
+    log_det_inverse = pt.log(pt.diagonal(chol_inverse, axis1=-2, axis2=-1)).sum()
+    return -0.5 * pt.sum(standardized**2) + num_levels * log_det_inverse
+
+
 def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, num_outputs: int) -> tuple[pm.Model, dict]:
     """The PyMC model and a name -> placeholder map of its ``pm.Data`` variables."""
     n = len(y)
@@ -113,25 +114,27 @@ def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, tr
         weights = pm.Data("weights", np.ones(n, np.float32))
         eta = F
         for index, term in enumerate(terms):
-            chol = pm.Data(f"chol_{index}", np.tile(np.eye(term.num_coefs, dtype=np.float32), (num_outputs, 1, 1)))
+            chol_inverse = pm.Data(f"chol_inverse_{index}", np.tile(np.eye(term.num_coefs, dtype=np.float32), (num_outputs, 1, 1)))
             codes = pm.Data(f"codes_{index}", term.codes)
             Z = pm.Data(f"Z_{index}", term.Z)
-            B = pm.MvNormal(f"B_{index}", mu=0.0, chol=chol, shape=(term.num_levels, num_outputs, term.num_coefs))
+            B = pm.Flat(f"B_{index}", shape=(term.num_levels, num_outputs, term.num_coefs))
+            pm.Potential(f"prior_{index}", prior_logp(B, chol_inverse))
             eta = eta + (B[codes] * Z[:, None, :]).sum(-1)
         pm.Deterministic("eta", eta)
-        pm.Potential("y_obs", (weights * pm.logp(family.pymc_distribution(eta, trials_data, dispersion), y_data)).sum())
+        pm.Potential("y_obs", (weights * family.pymc_loglik(eta, y_data, trials_data, dispersion)).sum())
     return model, {name: var for name, var in model.named_vars.items() if isinstance(var, pytensor.compile.SharedVariable)}
 
 
 def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, num_outputs: int) -> CompiledModel:
     """Build the PyMC model and jaxify its log density and linear predictor once."""
+    configure_jax()
     model, shared = build_model(family, terms, y, trials, num_outputs)
     inputs = {name: pt.tensor(name=name, dtype=var.dtype, shape=var.get_value().shape) for name, var in shared.items()}
     (eta_values,) = model.replace_rvs_by_values([model["eta"]])
     logp, eta = graph_replace([model.logp(), eta_values], {shared[name]: inputs[name] for name in shared}, strict=False)
     order = ["F", "dispersion", "y", "trials", "weights"]
     for index in range(len(terms)):
-        order += [f"chol_{index}", f"codes_{index}", f"Z_{index}"]
+        order += [f"chol_inverse_{index}", f"codes_{index}", f"Z_{index}"]
     values = [model[f"B_{index}"] for index in range(len(terms))]
     value_vars = [model.rvs_to_values[v] for v in values]
     jax_fn = get_jaxified_graph(inputs=[*value_vars, *(inputs[name] for name in order)], outputs=[logp, eta])
@@ -141,7 +144,7 @@ def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, 
         blocks = [_to_pymc_layout(b, s) for b, s in zip(position, shapes)]
         named = {"F": params.F, "dispersion": params.dispersion, "y": data.y, "trials": data.trials, "weights": data.weights}
         for index in range(len(terms)):
-            named |= {f"chol_{index}": params.chols[index], f"codes_{index}": data.codes[index], f"Z_{index}": data.Z[index]}
+            named |= {f"chol_inverse_{index}": params.chol_inverses[index], f"codes_{index}": data.codes[index], f"Z_{index}": data.Z[index]}
         return jax_fn(*blocks, *(named[name] for name in order))
 
     return CompiledModel(

@@ -44,19 +44,6 @@ from jax import Array
 Position = tuple[Array, ...]
 
 
-def linear_predictor(F: Array, codes: Sequence[Array], Z: Sequence[Array], position: Position) -> Array:
-    """Linear predictor eta (n, C) = F + sum_l Z_l[i] @ B_l[codes_l[i]].reshape(p_l, C).
-
-    ``F`` (n, C); ``codes[l]`` (n,) int32 in [0, q_l); ``Z[l]`` (n, p_l); ``position[l]`` (q_l, p_l * C).
-    """
-    n, num_classes = F.shape
-    eta = F
-    for codes_l, Z_l, B_l in zip(codes, Z, position, strict=True):
-        coefficients = B_l[codes_l].reshape(n, Z_l.shape[1], num_classes)
-        eta = eta + jnp.einsum("np,npc->nc", Z_l, coefficients)
-    return eta
-
-
 def prior_precision_block(prior_precision: Array) -> Array:
     """Prior precision (d, d) of one level in the ``p * C + c`` layout.
 
@@ -112,12 +99,7 @@ class BlockWhitening(NamedTuple):
     @classmethod
     def from_cholesky(cls, center: Sequence[Array], chol: Sequence[Array]) -> BlockWhitening:
         """Whitening from centers (q_l, d_l) and lower Cholesky factors (q_l, d_l, d_l)."""
-        chol_inv_t = tuple(
-            jax.lax.linalg.triangular_solve(
-                L, jnp.broadcast_to(jnp.eye(L.shape[-1], dtype=L.dtype), L.shape), left_side=True, lower=True
-            ).swapaxes(-1, -2)
-            for L in chol
-        )
+        chol_inv_t = tuple(lower_triangular_inverse(L).swapaxes(-1, -2) for L in chol)
         return cls(center=tuple(center), chol=tuple(chol), chol_inv_t=chol_inv_t)
 
     def whiten(self, position: Position) -> Position:
@@ -145,6 +127,38 @@ def whitened_logdensity(logdensity_fn: Callable[..., Array], whitening: BlockWhi
     return logdensity_z
 
 
+# Batched factorisations written as loops of array operations. JAX's own (jnp.linalg.cholesky,
+# lax.linalg.triangular_solve) call LAPACK on the CPU through custom calls that split a large batch
+# over XLA's intra-op thread pool and wait for the parts; two such calls running side by side (one
+# per random-effect term) occupied both threads of a 2-core pool and waited forever (docs/engine.md,
+# "XLA on the CPU"). These run d steps of (batch, d, d) work: cheap for the small blocks of the E-step.
+def batched_cholesky(H: Array) -> Array:
+    """Lower Cholesky factors L (..., d, d) of symmetric positive definite H (..., d, d), column by column."""
+    d = H.shape[-1]
+    rows = jnp.arange(d)
+
+    def column(j: Array, L: Array) -> Array:
+        row_j = L[..., j, :]  # entries left of the diagonal are set, the rest are 0
+        diagonal = jnp.sqrt(jnp.maximum(H[..., j, j] - jnp.sum(row_j * row_j, axis=-1), jnp.finfo(H.dtype).tiny))
+        below = (H[..., :, j] - jnp.einsum("...ik,...k->...i", L, row_j)) / diagonal[..., None]
+        values = jnp.where(rows > j, below, jnp.where(rows == j, diagonal[..., None], 0.0))
+        return L.at[..., :, j].set(values)
+
+    return jax.lax.fori_loop(0, d, column, jnp.zeros_like(H))
+
+
+def lower_triangular_inverse(L: Array) -> Array:
+    """L^-1 (..., d, d) of lower triangular L (..., d, d), row by row (forward substitution on I)."""
+    d = L.shape[-1]
+    identity = jnp.eye(d, dtype=L.dtype)
+
+    def row(i: Array, X: Array) -> Array:
+        value = (identity[i] - jnp.einsum("...k,...kj->...j", L[..., i, :], X)) / L[..., i, i][..., None]
+        return X.at[..., i, :].set(value)
+
+    return jax.lax.fori_loop(0, d, row, jnp.zeros_like(L))
+
+
 def whitening_from_precision(center: Sequence[Array], precision: Sequence[Array]) -> BlockWhitening:
     """Whitening from centers (q_l, d_l) and per-level precisions (q_l, d_l, d_l).
 
@@ -154,7 +168,7 @@ def whitening_from_precision(center: Sequence[Array], precision: Sequence[Array]
     for H in precision:
         d = H.shape[-1]
         jitter = 1e-6 * jnp.trace(H, axis1=-2, axis2=-1)[:, None, None] / d
-        chol.append(jnp.linalg.cholesky(H + jitter * jnp.eye(d, dtype=H.dtype)))
+        chol.append(batched_cholesky(H + jitter * jnp.eye(d, dtype=H.dtype)))
     return BlockWhitening.from_cholesky(center, chol)
 
 

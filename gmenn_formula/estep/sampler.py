@@ -1,10 +1,11 @@
-"""E-step sampler: K NUTS draws of the random effects per EM epoch, one compiled call.
+"""E-step sampler: a chunk of K NUTS draws of the random effects, one compiled call.
 
 A position is a tuple with one (q_l, d_l) array per random-effect term
 (d_l = p_l * C, layout ``p * C + c``). Pure functions over NamedTuples, as in
-blackjax: :func:`init` makes a :class:`SamplerState`, :func:`sample_epoch`
-runs one epoch and returns the new state, the kept draws and an
-:class:`EpochInfo`.
+blackjax: :func:`init` makes a :class:`SamplerState`, :func:`sample_chunk`
+runs one chunk of draws (an epoch runs one or more, see
+:class:`~gmenn_formula.estep.driver.EStep`) and returns the new state, the kept
+draws and a :class:`DrawInfo`.
 
 Two kinds (``SamplerConfig.kind``):
 
@@ -29,7 +30,7 @@ Warm start: the state holds the last draw in the ORIGINAL coordinates, and
 each epoch whitens it with the epoch's whitening, so the whitening may change
 between epochs. Everything that changes between epochs (the network output
 F, Sigma, the whitening, the state) is an argument of the jitted
-:func:`sample_epoch`, never a closure constant: one compilation serves every
+:func:`sample_chunk`, never a closure constant: one compilation serves every
 epoch as long as shapes, ``logdensity_fn`` and ``config`` stay the same.
 
 Benchmark (``benchmarks/sampler_mixing.py``: softmax C=5; factors of 1000,
@@ -64,64 +65,22 @@ change the latter.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import blackjax
 import jax
 import jax.numpy as jnp
 from jax import Array
 
+from gmenn_formula.estep.arrays import DrawInfo, SamplerConfig, SamplerKind
 from gmenn_formula.estep.precondition import BlockWhitening, Position, whitened_logdensity
 from gmenn_formula.errors import ControlError
-
-SamplerKind = Literal["whitened", "paper"]
 
 PAPER_INITIAL_STEP_SIZE = 0.1
 """The paper's epsilon_0."""
 PAPER_MIN_ACCEPTANCE = 1e-3
 """The paper halves the step size after an epoch with mean acceptance below this."""
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Static settings of the E-step sampler (hashable: a static jit argument).
-
-    ``kind``: ``"whitened"`` or ``"paper"`` (see the module docstring);
-    ``num_draws``: K draws per epoch, of which the first ``burn_in`` (R) are
-    dropped; ``initial_step_size``: None for the kind's default (0.1 for
-    "paper", ``min(1, 2 * D**-0.25)`` for "whitened", D the number of random
-    effects); ``target_acceptance`` and ``step_size_gain``: the between-epoch
-    step-size rule of "whitened" (unused by "paper"); ``max_tree_depth``: most trajectory doublings (2**depth - 1 leapfrog
-    steps); ``divergence_threshold``: energy error that marks a divergence.
-    """
-
-    kind: SamplerKind = "whitened"
-    num_draws: int = 2
-    burn_in: int = 1
-    initial_step_size: float | None = None
-    target_acceptance: float = 0.8
-    step_size_gain: float = 0.7
-    max_tree_depth: int = 10
-    divergence_threshold: float = 1000.0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("whitened", "paper"):
-            raise ControlError(f"SamplerConfig.kind must be 'whitened' or 'paper', not {self.kind!r}.")
-        if not 0 <= self.burn_in < self.num_draws:
-            raise ControlError(
-                f"SamplerConfig needs 0 <= burn_in < num_draws to keep a draw; got burn_in={self.burn_in}, "
-                f"num_draws={self.num_draws}."
-            )
-        if self.initial_step_size is not None and not self.initial_step_size > 0:
-            raise ControlError(f"SamplerConfig.initial_step_size must be positive, not {self.initial_step_size}.")
-        if not 0 < self.target_acceptance < 1:
-            raise ControlError(f"SamplerConfig.target_acceptance must lie in (0, 1), not {self.target_acceptance}.")
-        if not self.step_size_gain > 0:
-            raise ControlError(f"SamplerConfig.step_size_gain must be positive, not {self.step_size_gain}.")
-        if self.max_tree_depth < 1:
-            raise ControlError(f"SamplerConfig.max_tree_depth must be at least 1, not {self.max_tree_depth}.")
 
 
 class SamplerState(NamedTuple):
@@ -135,46 +94,6 @@ class SamplerState(NamedTuple):
 
     position: Position
     step_size: Array
-
-
-class EpochInfo(NamedTuple):
-    """Diagnostics of one epoch; arrays of length K hold one value per draw (burn-in included).
-
-    ``step_size``: () the step size used for every draw of the epoch;
-    ``acceptance_rate``: (K,) mean Metropolis acceptance probability over
-    each NUTS trajectory; ``num_leapfrog_steps``: (K,) leapfrog steps (one
-    gradient each) spent on the draw; ``tree_depth``: (K,) trajectory
-    doublings; ``is_divergent``: (K,) whether the trajectory diverged;
-    ``logdensity``: (K,) ``logdensity_fn`` at each draw (original
-    coordinates).
-    """
-
-    step_size: Array
-    acceptance_rate: Array
-    num_leapfrog_steps: Array
-    tree_depth: Array
-    is_divergent: Array
-    logdensity: Array
-
-    @property
-    def mean_acceptance(self) -> Array:
-        """() mean acceptance over the epoch's K draws."""
-        return jnp.mean(self.acceptance_rate)
-
-    @property
-    def mean_leapfrog_steps(self) -> Array:
-        """() mean leapfrog steps per draw."""
-        return jnp.mean(self.num_leapfrog_steps)
-
-    @property
-    def max_leapfrog_steps(self) -> Array:
-        """() most leapfrog steps of one draw."""
-        return jnp.max(self.num_leapfrog_steps)
-
-    @property
-    def num_divergences(self) -> Array:
-        """() number of divergent draws."""
-        return jnp.sum(self.is_divergent)
 
 
 def default_initial_step_size(kind: SamplerKind, dimension: int) -> float:
@@ -222,15 +141,15 @@ def _check_whitening(config: SamplerConfig, whitening: BlockWhitening | None) ->
 
 
 @partial(jax.jit, static_argnames=("logdensity_fn", "config"))
-def sample_epoch(
+def sample_chunk(
     rng_key: Array,
     state: SamplerState,
     logdensity_fn: Callable[..., Array],
     config: SamplerConfig,
     whitening: BlockWhitening | None = None,
     logdensity_args: tuple[Any, ...] = (),
-) -> tuple[SamplerState, Position, EpochInfo]:
-    """One E-step: K NUTS draws warm-started from ``state``, the first R dropped.
+) -> tuple[SamplerState, Position, DrawInfo]:
+    """One chunk: K NUTS draws warm-started from ``state``, the first R dropped.
 
     ``logdensity_fn(position, *logdensity_args) -> ()``: log density of B up
     to a constant; put everything that changes between epochs (F, Sigma, ...)
@@ -239,7 +158,7 @@ def sample_epoch(
     required for "whitened", None for "paper".
 
     Returns the new state, the kept draws as a tuple of (K - R, q_l, d_l)
-    arrays in the original coordinates, and the epoch's :class:`EpochInfo`.
+    arrays in the original coordinates, and the chunk's :class:`DrawInfo`.
     """
     _check_whitening(config, whitening)
     if whitening is None:
@@ -280,7 +199,7 @@ def sample_epoch(
         one_draw, blackjax.nuts.init(x0, target), keys
     )
     draws = jax.vmap(from_sampler)(tuple(x[config.burn_in :] for x in xs))
-    info = EpochInfo(
+    info = DrawInfo(
         step_size=state.step_size,
         acceptance_rate=acceptance,
         num_leapfrog_steps=steps,

@@ -10,6 +10,8 @@ from gmenn_formula.families.gaussian import Gaussian
 from gmenn_formula.families.poisson import Poisson
 
 _FAMILIES: dict[str, type[Family]] = {f.name: f for f in (Gaussian, Binomial, Poisson, Categorical)}
+FAMILIES = tuple(_FAMILIES)
+"""The family names, in the order error messages list them."""
 
 
 def get_family(family: str | Family) -> Family:
@@ -22,4 +24,4 @@ def get_family(family: str | Family) -> Family:
         raise FamilyError(f"Unknown family {family!r}; choose one of {', '.join(_FAMILIES)}.") from None
 
 
-__all__ = ["Binomial", "Categorical", "Family", "Gaussian", "Poisson", "get_family"]
+__all__ = ["FAMILIES", "Binomial", "Categorical", "Family", "Gaussian", "Poisson", "get_family"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from types import ModuleType
+
 import numpy as np
-import pymc as pm
-import torch
-from scipy.special import softmax
+from scipy.special import logsumexp
 
 from gmenn_formula.families.base import Family
 
@@ -15,24 +13,61 @@ from gmenn_formula.families.base import Family
 class Categorical(Family):
     name = "categorical"
     link = "softmax"
+    classifier = True
     shift_invariant = True
+    y_dtype = np.int64
+    has_residuals = False
 
     def num_outputs(self, num_classes):
         return int(num_classes)
 
+    def output_names(self, classes):
+        return list(classes)
+
     def pymc_distribution(self, eta, trials, dispersion):
+        import pymc as pm
+
         return pm.Categorical.dist(logit_p=eta)
 
+    def pymc_loglik(self, eta, y, trials, dispersion):
+        import pytensor.tensor as pt
+
+        one_hot = pt.eq(y[:, None], pt.arange(eta.shape[1])[None, :])  # elementwise in the gradient, not a scatter
+        return pt.sum(pt.switch(one_hot, eta, 0.0), axis=1) - pt.logsumexp(eta, axis=1)
+
     def torch_nll(self, eta, y, trials, dispersion):
+        import torch
+
         return torch.nn.functional.cross_entropy(eta, y.long(), reduction="none")
 
     def torch_fisher_diagonal(self, eta, trials, dispersion):
+        import torch
+
         p = torch.softmax(eta, dim=-1)
         return p * (1.0 - p)
 
-    def jax_fisher(self, eta, trials, dispersion):
-        p = jax.nn.softmax(eta, axis=-1)
-        return jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
+    def loglik(self, y, eta, trials, dispersion):
+        codes = np.broadcast_to(np.asarray(y, np.int64)[:, None], eta.shape[:-1] + (1,))
+        return np.take_along_axis(eta, codes, axis=-1)[..., 0] - logsumexp(eta, axis=-1)
 
-    def mean(self, eta, trials=None):
-        return softmax(np.asarray(eta), axis=1)
+    def fisher(self, eta, trials, dispersion, xp: ModuleType = np):
+        p = self.mean(eta, xp)
+        return p[:, :, None] * xp.eye(eta.shape[1], dtype=p.dtype) - p[:, :, None] * p[:, None, :]
+
+    def mean(self, eta, xp: ModuleType = np):
+        e = xp.exp(eta - eta.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def sample(self, rng, eta, trials, dispersion):
+        probabilities = self.mean(eta)
+        drawn = (rng.random(eta.shape[:-1] + (1,)) > probabilities.cumsum(axis=-1)).sum(axis=-1)
+        return np.minimum(drawn, eta.shape[-1] - 1)
+
+    def variance(self, mean, trials, dispersion):
+        return mean * (1.0 - mean)
+
+    def predict_class(self, mean):
+        return mean.argmax(axis=1)
+
+    def class_probabilities(self, mean):
+        return mean

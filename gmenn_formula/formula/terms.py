@@ -122,11 +122,6 @@ class RandomTerm:
     correlated: bool = True
 
     @property
-    def group_name(self) -> str:
-        """The grouping factor's display name, ``a:b`` for an interaction."""
-        return ":".join(self.group)
-
-    @property
     def term_names(self) -> tuple[str, ...]:
         """Names of the columns that get random coefficients, intercept first."""
         return (("(Intercept)",) if self.intercept else ()) + self.slopes

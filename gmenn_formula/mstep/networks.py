@@ -23,7 +23,7 @@ DEFAULT_DROPOUT = 0.25
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU, "sigmoid": nn.Sigmoid}
 
 
-class _NetworkOptions(Protocol):
+class _TermOptions(Protocol):
     hidden: tuple[int, ...] | None
     dropout: float | None
     activation: str | None
@@ -31,7 +31,7 @@ class _NetworkOptions(Protocol):
 
 
 @dataclass(frozen=True)
-class NetworkSpec:
+class NetworkOptions:
     """Options of one ``nn()`` term (None: the default)."""
 
     hidden: tuple[int, ...] | None = None
@@ -40,7 +40,7 @@ class NetworkSpec:
     net: str | None = None
 
     @classmethod
-    def from_term(cls, term: _NetworkOptions) -> NetworkSpec:
+    def from_term(cls, term: _TermOptions) -> NetworkOptions:
         """The options of a formula's ``nn()`` term (any object with these four attributes,
         so this stage needs no import of the formula stage)."""
         return cls(term.hidden, term.dropout, term.activation, term.net)
@@ -59,7 +59,7 @@ def mlp(inputs: int, outputs: int, hidden: tuple[int, ...], dropout: float, acti
     return nn.Sequential(*layers)
 
 
-def build_network(spec: NetworkSpec, inputs: int, outputs: int, nets: Mapping[str, nn.Module | Callable] | None) -> nn.Module:
+def build_network(spec: NetworkOptions, inputs: int, outputs: int, nets: Mapping[str, nn.Module | Callable] | None) -> nn.Module:
     """The torch module for one ``nn()`` term, checked on a dummy batch."""
     if spec.net is None:
         return mlp(

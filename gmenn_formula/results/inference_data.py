@@ -29,7 +29,7 @@ STATS = {
     "epoch_divergences": "divergences",
     "epoch": "epoch",
 }
-"""ArviZ sample-stat name -> history column."""
+"""ArviZ sample-stat name -> EpochRecord field."""
 
 
 def draw_epochs(result) -> np.ndarray:
@@ -38,10 +38,10 @@ def draw_epochs(result) -> np.ndarray:
     Draws are stored from the averaged epochs (phase "average"), ``draws -
     burn_in`` per epoch, oldest first, capped at the stored count.
     """
-    state, config = result.state, result.state.config
-    averaged = [i for i, entry in enumerate(state.history) if entry["phase"] == "average"]
+    state, estep = result.state, result.state.config.estep
+    averaged = [i for i, record in enumerate(state.history) if record.phase == "average"]
     stored = state.draws[0].shape[0] if state.draws else 0
-    epochs = np.repeat(averaged, config.draws - config.burn_in)[:stored]
+    epochs = np.repeat(averaged, estep.draws - estep.burn_in)[:stored]
     if len(epochs) != stored:
         raise DataError(f"The fit stores {stored} draws but its history accounts for {len(epochs)}; the history does not match the draws.")
     return epochs
@@ -57,7 +57,7 @@ def to_inference_data(result) -> az.InferenceData:
     state = result.state
     if not state.draws or state.draws[0].shape[0] == 0:
         raise DataError("The fit kept no draws of the random effects, so there is nothing to export; refit with average_epochs >= 1.")
-    classes = class_labels(result.design, state)
+    classes = class_labels(result.design)
     posterior, dims, coords = {}, {}, {}
     for name, part, draws in zip(_variable_names(result), result.design.random, state.draws):
         level_dim, term_dim = f"{name}_level", f"{name}_term"
@@ -71,7 +71,7 @@ def to_inference_data(result) -> az.InferenceData:
     if classes is not None:
         coords["class"] = [str(label) for label in classes]
     epochs = draw_epochs(result)
-    sample_stats = {stat: np.array([[state.history[i][column] for i in epochs]]) for stat, column in STATS.items()}
+    sample_stats = {stat: np.array([[getattr(state.history[i], field) for i in epochs]]) for stat, field in STATS.items()}
     attrs = {
         "inference_library": "gmenn-formula",
         "method": "Monte Carlo EM; E-step draws of the random effects given the fitted covariances",

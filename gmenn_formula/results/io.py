@@ -4,7 +4,7 @@ The file (``.gmenn`` by convention) is one zip archive, format version 1:
 
 - ``model.json``: ``format``, ``format_version``, ``written_by``; the design spec
   (formula, family, response classes, grouping levels, formulae encodings: see
-  :mod:`gmenn_formula.results.spec_json`); the fit's scalars and settings; the
+  :mod:`gmenn_formula.design.spec_json`); the fit's scalars and settings; the
   number of rows, the scaled-residual quantiles of the summary and its
   log-likelihood (``data.loglik``, optional: files written before it was
   added print no fit criteria); the per-epoch history (scalars).
@@ -13,24 +13,27 @@ The file (``.gmenn`` by convention) is one zip archive, format version 1:
   ``covariance_se/l`` (c, p, p), ``effect_mean/l`` and ``effect_sd/l`` (q, p, c),
   ``draws/l`` (s, q, p, c) and ``history_covariances/l`` (epochs, c, p, p).
 
-Loading reads JSON and safetensors only: no pickle, nothing in a file can run
-code. The training data is not saved: a loaded model predicts and simulates on
-new data, prints its summary and gives every table, but ``fitted()``,
-``residuals()`` and verbs without ``newdata`` raise NoTrainingDataError.
-Default MLPs are rebuilt from the formula's ``nn()`` options; a network named
-by ``nn(..., net="name")`` must be passed again: ``load(path, nets={"name": ...})``.
+A model file is data. Loading reads JSON and safetensors only (no pickle);
+the formula is parsed, so it calls only the functions of
+:mod:`gmenn_formula.formula.functions`; every saved block must be the one that
+formula makes before anything is evaluated; and the fit must suit the design
+(family, outputs, fixed effects, dispersion, every array's shape, finite values):
+a file that does not hold together raises ModelFileError. The training data is
+not saved (see :class:`~gmenn_formula.results.result.GmennResult`). Default MLPs
+are rebuilt from the formula's ``nn()`` options; a network named by
+``nn(..., net="name")`` must be passed again: ``load(path, nets={"name": ...})``.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +44,12 @@ import torch
 from torch import nn
 
 from gmenn_formula.design import Design, DesignSpec, RandomEffectDesign
-from gmenn_formula.errors import MissingNetworkError, ModelFileError, ModelVersionError, NetworkError, NoTrainingDataError
-from gmenn_formula.families import get_family
-from gmenn_formula.mstep.networks import FixedPart, NetworkSpec, build_network
-from gmenn_formula.results.likelihood import LogLik
-from gmenn_formula.results.result import GmennResult
-from gmenn_formula.results.spec_json import check_rebuilt, decode_value, encode_value, spec_from_json, spec_to_json
-from gmenn_formula.results.summary import Summary
+from gmenn_formula.design.spec_json import check_rebuilt, decode_value, encode_value, spec_from_json, spec_to_json
+from gmenn_formula.errors import ControlError, MissingNetworkError, ModelFileError, ModelVersionError, NetworkError
+from gmenn_formula.mstep.networks import FixedPart, NetworkOptions, build_network
+from gmenn_formula.results.likelihood import DESCRIPTIONS, LogLik
+from gmenn_formula.results.state import EpochRecord, FitState
 from gmenn_formula.training.config import FitConfig
-from gmenn_formula.training.em import FitState
 
 FORMAT = "gmenn-formula model"
 FORMAT_VERSION = 1
@@ -69,64 +69,28 @@ _FIT_SCALARS = (
 )
 
 
-class LoadedResult(GmennResult):
-    """A fit read by :func:`load`. Every verb works except those that need the training rows."""
+@dataclass(frozen=True)
+class SavedModel:
+    """What a model file holds: the design (encodings, no rows), the fit, the summary's
+    scaled-residual quantiles and its log-likelihood (None where the file has none)."""
 
-    def __init__(self, design: Design, state: FitState, nobs: int, scaled_residuals: pd.DataFrame | None) -> None:
-        super().__init__(design, state)
-        self._nobs = nobs
-        self._scaled_residuals = scaled_residuals
-
-    @property
-    def nobs(self) -> int:
-        """Rows used in the fit (stored in the file)."""
-        return self._nobs
-
-    def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool, with_random_effects: bool = True) -> Design:
-        if newdata is None:
-            raise NoTrainingDataError(
-                "This model was loaded from a file, which does not keep the training rows, so fitted values, "
-                "residuals and predictions without newdata are unavailable; pass newdata= (e.g. the training data frame)."
-            )
-        return super()._design_for(newdata, allow_new_levels, with_random_effects)
-
-    def loglik(self, method: str = "auto", draws: int | None = None, seed: int | None = None) -> LogLik:
-        """The log-likelihood stored in the file (computed at save time with the default arguments)."""
-        stored = self._logliks.get(("auto", None, None))
-        if stored is None or (method, draws, seed) != ("auto", None, None):
-            raise NoTrainingDataError(
-                "This model was loaded from a file, which does not keep the training rows; the log-likelihood "
-                + ("was not stored in it (an older file)." if stored is None else "is stored only for the default loglik() arguments.")
-            )
-        return stored
-
-    def summary(self) -> Summary:
-        return _SavedSummary(self)
+    design: Design
+    state: FitState
+    scaled_residuals: pd.DataFrame | None
+    loglik: LogLik | None
 
 
-class _SavedSummary(Summary):
-    """Summary of a loaded fit: the scaled residuals come from the file."""
-
-    def scaled_residuals(self) -> pd.DataFrame | None:
-        return self.result._scaled_residuals
-
-
-# -- save -----------------------------------------------------------------------------
-def save(result: GmennResult, path: str | os.PathLike) -> Path:
-    """Write ``result`` to ``path`` (one zip file; see the module docstring). Returns the path.
+# -- write ----------------------------------------------------------------------------
+def write_model(path: Path, design: Design, state: FitState, scaled_residuals: pd.DataFrame | None, loglik: LogLik | None) -> Path:
+    """Write a fit to ``path`` (one zip file; see the module docstring). Returns the path.
 
     Raises UnsupportedSaveError, before writing anything, when the model holds
     an encoding the format cannot represent (e.g. a ``cr()`` spline).
     """
     import gmenn_formula
 
-    path = Path(path)
-    spec_json = spec_to_json(result.spec)
-    check_rebuilt(result.spec, spec_from_json(json.loads(json.dumps(spec_json))))
-    state = result.state
-    summary = result.summary()
-    residuals = summary.scaled_residuals()
-    loglik = summary.loglik()
+    spec_json = spec_to_json(design.spec)
+    check_rebuilt(design.spec, spec_from_json(json.loads(json.dumps(spec_json))))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -134,19 +98,19 @@ def save(result: GmennResult, path: str | os.PathLike) -> Path:
         "spec": spec_json,
         "fit": {
             **{name: encode_value(getattr(state, name), f"FitState.{name}") for name in _FIT_SCALARS},
-            "config": dataclasses.asdict(state.config),
+            "config": state.config.to_control(),
         },
         "data": {
-            "nobs": result.nobs,
-            "num_dropped": result.design.num_dropped,
-            "scaled_residuals": None if residuals is None else {"columns": list(residuals.columns), "rows": residuals.values.tolist()},
+            "nobs": state.nobs,
+            "num_dropped": design.num_dropped,
+            "scaled_residuals": None if scaled_residuals is None else {"columns": list(scaled_residuals.columns), "rows": scaled_residuals.values.tolist()},
             "loglik": None if loglik is None else loglik.to_dict(),
         },
-        "history": [{k: encode_value(v, "history") for k, v in entry.items() if k != "covariances"} for entry in state.history],
+        "history": [{k: encode_value(v, "history") for k, v in record.scalars().items()} for record in state.history],
     }
     arrays = {f"{key}/{l}": np.ascontiguousarray(value) for key in _PER_TERM for l, value in enumerate(getattr(state, key))}
     for l in range(len(state.covariances)):
-        arrays[f"history_covariances/{l}"] = np.stack([entry["covariances"][l] for entry in state.history])
+        arrays[f"history_covariances/{l}"] = np.stack([record.covariances[l] for record in state.history])
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state.model.state_dict().items()}
     _write_zip(
         path,
@@ -173,16 +137,9 @@ def _write_zip(path: Path, members: dict[str, tuple[bytes, int]]) -> None:
         raise ModelFileError(f"Could not write the model file {path}: {exc.strerror or exc}.") from exc
 
 
-# -- load -----------------------------------------------------------------------------
-def load(path: str | os.PathLike, nets: Mapping[str, nn.Module | object] | None = None) -> LoadedResult:
-    """Read a model written by ``GmennResult.save``.
-
-    ``nets``: the user networks the formula names (``nn(..., net="name")``), as
-    given to ``gmenn()``; modules are copied, never modified. Raises
-    ModelFileError (missing, corrupt or foreign file), ModelVersionError
-    (format version not readable here), MissingNetworkError.
-    """
-    path = Path(path)
+# -- read -----------------------------------------------------------------------------
+def read_model(path: Path, nets: Mapping[str, nn.Module | object] | None = None) -> SavedModel:
+    """Read a model file (see :func:`gmenn_formula.load`)."""
     if not path.is_file():
         raise ModelFileError(f"No model file at {path}.")
     try:
@@ -216,68 +173,117 @@ def _check_format(meta: object, path: Path) -> None:
 def _networks(spec: DesignSpec, c: int, nets: Mapping | None) -> list[nn.Module]:
     """The ``nn()`` modules with the saved architecture (weights not yet loaded)."""
     nets = dict(nets or {})
-    for term in spec.formula.networks:
-        if term.net is not None and term.net not in nets:
+    for net in spec.networks:
+        if net.term.net is not None and net.term.net not in nets:
             raise MissingNetworkError(
-                f"The saved model uses nn(..., net={term.net!r}); pass the same network to load: "
-                f"gmenn_formula.load(path, nets={{{term.net!r}: module_or_factory}})."
+                f"The saved model uses nn(..., net={net.term.net!r}); pass the same network to load: "
+                f"gmenn_formula.load(path, nets={{{net.term.net!r}: module_or_factory}})."
             )
     copies = {name: copy.deepcopy(entry) if isinstance(entry, nn.Module) else entry for name, entry in nets.items()}
-    return [
-        build_network(NetworkSpec.from_term(term), len(block.names), c, copies)
-        for term, block in zip(spec.formula.networks, spec.networks)
-    ]
+    return [build_network(NetworkOptions.from_term(net.term), len(net.block.names), c, copies) for net in spec.networks]
 
 
-def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> LoadedResult:
+def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> SavedModel:
     spec = spec_from_json(meta["spec"])
     fit = {name: decode_value(meta["fit"][name]) for name in _FIT_SCALARS}
-    _check_fit(spec, fit, arrays, len(meta["history"]))
+    history_scalars = meta["history"]
+    if not spec.family.has_dispersion:  # files of 0.1.0 store None where there is no dispersion
+        fit["dispersion"] = 1.0 if fit["dispersion"] is None else fit["dispersion"]
+        fit["dispersion_se"] = 0.0 if fit["dispersion_se"] is None else fit["dispersion_se"]
+        history_scalars = [{**entry, "dispersion": 1.0} if entry.get("dispersion", 1.0) is None else entry for entry in history_scalars]
+    _check_fit(spec, fit, arrays, len(history_scalars))
     c = fit["num_outputs"]
     model = FixedPart(_networks(spec, c, nets), len(fit["fixed_names"]), c)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
-        if any(term.net for term in spec.formula.networks):
+        if any(net.term.net for net in spec.networks):
             raise NetworkError(f"The networks passed to load() do not match the saved weights: {exc}") from exc
         raise
     if not all(bool(torch.isfinite(tensor).all()) for tensor in weights.values()):
         raise ModelFileError("the saved network weights hold non-finite values")
     terms = range(len(spec.random))
     history = [
-        {**entry, "covariances": [arrays[f"history_covariances/{l}"][i] for l in terms]} for i, entry in enumerate(meta["history"])
+        EpochRecord.from_scalars(entry, tuple(arrays[f"history_covariances/{l}"][i] for l in terms))
+        for i, entry in enumerate(history_scalars)
     ]
+    try:
+        config = FitConfig.from_control(**meta["fit"]["config"])
+    except ControlError as exc:
+        raise ModelFileError(f"the saved fit settings are not valid: {exc}") from exc
+    data = meta["data"]
     state = FitState(
-        family=get_family(spec.family),
         model=model.eval(),
         history=history,
-        config=FitConfig(**meta["fit"]["config"]),
+        config=config,
+        nobs=_count(data["nobs"], "nobs"),
         **{key: [arrays[f"{key}/{l}"] for l in terms] for key in _PER_TERM},
         **fit,
     )
-    residuals = meta["data"]["scaled_residuals"]
-    table = None if residuals is None else pd.DataFrame(residuals["rows"], columns=residuals["columns"])
-    loaded = LoadedResult(_structure(spec, meta["data"]["num_dropped"]), state, int(meta["data"]["nobs"]), table)
-    if meta["data"].get("loglik") is not None:
-        loaded._logliks["auto", None, None] = LogLik.from_dict(meta["data"]["loglik"])
-    return loaded
+    residuals = data["scaled_residuals"]
+    table = None if residuals is None else _residual_table(residuals)
+    loglik = None if data.get("loglik") is None else _loglik(data["loglik"])
+    return SavedModel(_structure(spec, _count(data["num_dropped"], "num_dropped")), state, table, loglik)
+
+
+def _count(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ModelFileError(f"the saved {what} is {value!r}, not a count")
+    return value
+
+
+def _residual_table(saved: dict) -> pd.DataFrame:
+    """The summary's scaled-residual quantiles: five strings that read as numbers."""
+    rows, columns = saved["rows"], saved["columns"]
+    ok = columns == ["Min", "1Q", "Median", "3Q", "Max"] and isinstance(rows, list) and len(rows) == 1 and isinstance(rows[0], list)
+    if not ok or len(rows[0]) != 5 or not all(isinstance(v, str) and _is_number(v) for v in rows[0]):
+        raise ModelFileError("the saved scaled residuals are not five quantiles")
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _loglik(saved: object) -> LogLik:
+    try:
+        loglik = LogLik.from_dict(saved)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelFileError(f"the saved log-likelihood is malformed ({exc})") from exc
+    numbers = [float(loglik), loglik.se] + ([] if loglik.ess is None else [loglik.ess])
+    if not all(math.isfinite(v) for v in numbers) or loglik.nobs < 1 or loglik.method not in DESCRIPTIONS:
+        raise ModelFileError(f"the saved log-likelihood {saved!r} is not valid")
+    return loglik
 
 
 def _check_fit(spec: DesignSpec, fit: dict, arrays: dict, num_epochs: int) -> None:
     """Raise ModelFileError unless the saved fit suits the saved design: outputs, fixed-effect
     names, the dispersion, and every array's shape (levels, terms, classes, epochs) and values."""
-    classes = spec.response.classes
-    c = get_family(spec.family).num_outputs(len(classes) if classes else None)
+    kinds = {
+        "num_outputs": int, "fixed_names": (list, tuple), "dispersion": float, "dispersion_se": float, "converged": bool,
+        "messages": (list, tuple), "epochs": int, "best_epoch": (int, type(None)), "best_validation_loss": (float, type(None)), "seconds": float,
+    }
+    for name, kind in kinds.items():
+        value = fit[name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ModelFileError(f"the saved fit's {name} is {value!r}, not of the kind it should be")
+    if not all(isinstance(text, str) for text in [*fit["fixed_names"], *fit["messages"]]):
+        raise ModelFileError("the saved fixed-effect names and messages must be text")
+    c = spec.num_outputs
     if fit["num_outputs"] != c:
-        raise ModelFileError(f"the fit has {fit['num_outputs']!r} outputs, but a {spec.family} model of this response has {c}")
-    names = spec.fixed.names[1:] if spec.networks and spec.fixed.names[:1] == ("(Intercept)",) else spec.fixed.names
-    if tuple(fit["fixed_names"]) != names:
-        raise ModelFileError(f"the fixed effects are saved as {fit['fixed_names']!r}, but the design has {list(names)}")
+        raise ModelFileError(f"the fit has {fit['num_outputs']!r} outputs, but a {spec.family.name} model of this response has {c}")
+    if tuple(fit["fixed_names"]) != spec.fixed_names:
+        raise ModelFileError(f"the fixed effects are saved as {fit['fixed_names']!r}, but the design has {list(spec.fixed_names)}")
     dispersion = fit["dispersion"]
-    if (dispersion is None) == get_family(spec.family).has_dispersion or (
-        dispersion is not None and not (isinstance(dispersion, float) and math.isfinite(dispersion) and dispersion > 0)
+    if not (isinstance(dispersion, float) and math.isfinite(dispersion) and dispersion > 0) or (
+        not spec.family.has_dispersion and dispersion != 1.0
     ):
-        raise ModelFileError(f"the residual variance {dispersion!r} does not suit the {spec.family} family (a positive number for gaussian only)")
+        raise ModelFileError(
+            f"the residual variance {dispersion!r} does not suit the {spec.family.name} family (a positive number for gaussian, 1.0 otherwise)"
+        )
     expected = {}
     for l, part in enumerate(spec.random):
         q, p = part.factor.num_levels, len(part.slopes.names)
@@ -306,9 +312,9 @@ def _structure(spec: DesignSpec, num_dropped: int) -> Design:
     return Design(
         spec=spec,
         response=None,
-        X_fixed=np.zeros((0, len(spec.fixed.names))),
+        X_fixed=np.zeros((0, len(spec.fixed_names))),
         offset=np.zeros(0),
-        X_networks=tuple(np.zeros((0, len(block.names))) for block in spec.networks),
+        X_networks=tuple(np.zeros((0, len(net.block.names))) for net in spec.networks),
         random=random,
         rows=pd.RangeIndex(0),
         num_dropped=num_dropped,

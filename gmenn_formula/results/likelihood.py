@@ -62,13 +62,12 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sparse
-import torch
 from scipy.sparse.linalg import splu
 from scipy.special import gammaln, logsumexp
 
 from gmenn_formula.design import Design
 from gmenn_formula.errors import DataError
-from gmenn_formula.training.em import FitState
+from gmenn_formula.results.state import FitState
 
 METHODS = ("auto", "exact", "importance")
 EXACT_MAX_EFFECTS = 5_000
@@ -204,10 +203,10 @@ def _rebuild(data: dict[str, Any]) -> LogLik:
 def count_parameters(design: Design, state: FitState) -> tuple[int, int]:
     """(df, network parameters): what AIC and BIC count (see the module docstring)."""
     network = sum(p.numel() for p in state.model.networks.parameters())
-    count = state.model.beta.numel() + network + (1 if state.dispersion is not None else 0)
+    count = state.model.beta.numel() + network + (1 if design.family.has_dispersion else 0)
     for r, S in zip(design.random, state.covariances):
         c, p = S.shape[0], S.shape[1]
-        count += c * (p * (p + 1) // 2 if r.term.correlated else p)
+        count += c * (p * (p + 1) // 2 if r.correlated else p)
     return int(count), int(network)
 
 
@@ -233,13 +232,14 @@ def marginal_loglik(
         raise DataError(f"draws must be an integer of at least 2, not {draws!r}.")
     if design.response is None:
         raise DataError("The log-likelihood needs the response of the fitting rows.")
-    gaussian = state.family.has_dispersion
+    family = design.family
+    gaussian = family.has_dispersion
     one_factor = len({r.name for r in design.random}) == 1
     total_effects = sum(r.num_levels * len(r.term_names) * state.num_outputs for r in design.random)
     if method == "auto":
         method = "exact" if gaussian and (one_factor or total_effects <= EXACT_MAX_EFFECTS) else "importance"
     if method == "exact" and not gaussian:
-        raise DataError(f"The exact marginal likelihood is available for the gaussian family only, not {state.family.name}; use method='importance'.")
+        raise DataError(f"The exact marginal likelihood is available for the gaussian family only, not {family.name}; use method='importance'.")
     df, network = count_parameters(design, state)
     info = {"df": df, "nobs": design.num_rows, "network_parameters": network}
     if method == "exact":
@@ -341,29 +341,15 @@ def _block(per_class: np.ndarray) -> np.ndarray:
     return out.reshape(p * c, p * c)
 
 
-def _row_loglik(state: FitState, eta: np.ndarray, y: torch.Tensor, trials: torch.Tensor) -> np.ndarray:
-    """(S, n) log p(y_i | eta_i) for eta (S, n, c), constants included."""
-    S, n, c = eta.shape
-    dispersion = float(state.dispersion) if state.dispersion is not None else 1.0
-    with torch.no_grad():
-        nll = state.family.torch_nll(torch.from_numpy(eta.reshape(S * n, c)), y.repeat(S), trials.repeat(S), dispersion)
-    return -nll.numpy().reshape(S, n)
-
-
 def _importance(design: Design, state: FitState, F: np.ndarray, per_level: bool, draws: int, rng: np.random.Generator):
     """(log L, MC s.e., effective draws) by importance sampling; see the module docstring."""
-    response = design.response
+    response, family = design.response, design.family
     n, c = F.shape
-    y_dtype = torch.long if state.family.name == "categorical" else torch.float64
-    y = torch.tensor(response.y, dtype=y_dtype)
-    trials = torch.tensor(response.trials if response.trials is not None else np.ones(n), dtype=torch.float64)
     means = [mean.astype(np.float64) for mean in state.effect_mean]
     center = F.copy()
     for r, mean in zip(design.random, means):
         center += np.einsum("np,npc->nc", r.Z, mean[r.codes])
-    dispersion = float(state.dispersion) if state.dispersion is not None else 1.0
-    trials_np = response.trials if response.trials is not None else np.ones(n)
-    fisher = np.asarray(state.family.jax_fisher(center.astype(np.float32), trials_np.astype(np.float32), dispersion), dtype=np.float64)
+    fisher = family.fisher(center, response.trials, state.dispersion)
     proposals = [_Proposal(r, S, mean, fisher) for r, S, mean in zip(design.random, state.covariances, means)]
     if per_level:
         q = design.random[0].num_levels
@@ -381,7 +367,7 @@ def _importance(design: Design, state: FitState, F: np.ndarray, per_level: bool,
             contribution, ratio = proposal.sample(rng, S)
             eta += contribution
             log_ratio += ratio if per_level else ratio.sum(axis=1, keepdims=True)
-        ll = _row_loglik(state, eta, y, trials)
+        ll = family.loglik(response.y, eta, response.trials, state.dispersion)
         log_w = log_ratio + ((to_level.T @ ll.T).T if per_level else ll.sum(axis=1, keepdims=True))
         lse1 = np.logaddexp(lse1, logsumexp(log_w, axis=0))
         lse2 = np.logaddexp(lse2, logsumexp(2 * log_w, axis=0))

@@ -98,7 +98,7 @@ def plot_variances(result, ax=None, log: bool = True):
     """
     history = result.history
     columns = [c for c in history.columns if c.startswith("var[")]
-    if history["dispersion"].notna().any():
+    if "dispersion" in history:
         columns.append("dispersion")
     if not columns:
         raise DataError("The history holds no variance components to plot.")

@@ -1,7 +1,16 @@
-"""The fitted model: lme4's verbs on top of the engine's FitState."""
+"""The fitted model: lme4's verbs on a Design and the engine's FitState.
+
+One :class:`GmennResult` serves a fit and a model read back with :func:`load`. A loaded
+model has no training rows (its design holds the encodings and no data): it predicts and
+simulates on new data and gives every table, while verbs that need the fitting rows
+(``fitted()``, ``residuals()``, verbs without ``newdata``) raise NoTrainingDataError; its
+summary's scaled residuals and log-likelihood are the ones stored in the file.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +18,16 @@ import pandas as pd
 import torch
 
 from gmenn_formula.design import Design
-from gmenn_formula.errors import DataError
-from gmenn_formula.results import tables
+from gmenn_formula.errors import DataError, NoTrainingDataError
+from gmenn_formula.results import PREDICT_TYPES, io, tables
 from gmenn_formula.results.likelihood import LogLik, marginal_loglik
-from gmenn_formula.training.em import FitState
+from gmenn_formula.results.state import FitState
 
 PREDICT_CHUNK = 65_536
 """Rows per forward pass of the networks at prediction time."""
 
-PREDICT_TYPES = ("response", "link", "class")
+DEFAULT_LOGLIK = ("auto", None, None)
+"""The arguments of ``loglik()`` whose value a model file stores."""
 
 
 class GmennResult:
@@ -27,21 +37,35 @@ class GmennResult:
     :meth:`ngrps`, :attr:`history`; fit criteria: :meth:`loglik`,
     :meth:`aic`, :meth:`bic`; prediction: :meth:`predict`,
     :meth:`fitted`, :meth:`residuals`; printing: :meth:`summary`.
+    ``scaled_residuals`` and ``logliks`` (keyed by loglik()'s arguments) are given
+    for a model read from a file, which has no training rows to compute them on.
     """
 
-    def __init__(self, design: Design, state: FitState) -> None:
+    def __init__(
+        self,
+        design: Design,
+        state: FitState,
+        scaled_residuals: pd.DataFrame | None = None,
+        logliks: dict[tuple, LogLik] | None = None,
+    ) -> None:
         self.design = design
         self.state = state
         self.spec = design.spec
         self.formula = design.spec.formula
-        self.family = state.family
-        self._logliks: dict[tuple, LogLik] = {}
+        self.family = design.family
+        self._scaled_residuals = scaled_residuals
+        self._logliks: dict[tuple, LogLik] = dict(logliks or {})
+
+    @property
+    def has_training_rows(self) -> bool:
+        """False for a model read from a file."""
+        return self.design.response is not None
 
     # -- tables -------------------------------------------------------------
     @property
     def nobs(self) -> int:
         """Rows used in the fit (after dropping missing values)."""
-        return self.design.num_rows
+        return self.state.nobs
 
     def varcorr(self) -> pd.DataFrame:
         return tables.varcorr(self.design, self.state)
@@ -87,8 +111,14 @@ class GmennResult:
         """
         key = (method, draws, seed)
         if key not in self._logliks:
+            if not self.has_training_rows:
+                stored = DEFAULT_LOGLIK in self._logliks
+                raise NoTrainingDataError(
+                    "This model was loaded from a file, which does not keep the training rows; the log-likelihood "
+                    + ("is stored only for the default loglik() arguments." if stored else "was not stored in it (an older file).")
+                )
             F = self._linear_predictor(self.design, include_random=False)
-            seed = self.state.config.seed if seed is None else seed
+            seed = self.state.config.runtime.seed if seed is None else seed
             self._logliks[key] = marginal_loglik(self.design, self.state, F, method, draws, seed)
         return self._logliks[key]
 
@@ -103,20 +133,24 @@ class GmennResult:
     # -- prediction ---------------------------------------------------------
     def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool, with_random_effects: bool = True) -> Design:
         """The fitting design, or ``newdata``'s; ``with_random_effects=False``: unseen levels do not matter."""
-        if newdata is None:
-            return self.design
-        return self.spec.apply(newdata, allow_new_levels=allow_new_levels, with_random_effects=with_random_effects)
+        if newdata is not None:
+            return self.spec.apply(newdata, allow_new_levels=allow_new_levels, with_random_effects=with_random_effects)
+        if not self.has_training_rows:
+            raise NoTrainingDataError(
+                "This model was loaded from a file, which does not keep the training rows, so fitted values, "
+                "residuals and predictions without newdata are unavailable; pass newdata= (e.g. the training data frame)."
+            )
+        return self.design
 
     def _linear_predictor(self, design: Design, include_random: bool) -> np.ndarray:
         """(n, c) eta on a design; levels unseen in training get 0."""
-        columns = [design.fixed_names.index(name) for name in self.state.fixed_names]
         model = self.state.model.eval()
         parts = []
         with torch.no_grad():
             for start in range(0, design.num_rows, PREDICT_CHUNK):
                 rows = slice(start, start + PREDICT_CHUNK)
                 X_networks = [torch.as_tensor(X[rows], dtype=torch.float32) for X in design.X_networks]
-                X_fixed = torch.as_tensor(design.X_fixed[rows][:, columns], dtype=torch.float32)
+                X_fixed = torch.as_tensor(design.X_fixed[rows], dtype=torch.float32)
                 offset = torch.as_tensor(design.offset[rows], dtype=torch.float32)
                 parts.append(model(X_networks, X_fixed, offset).numpy().astype(np.float64))
         eta = np.concatenate(parts) if parts else np.zeros((0, self.state.num_outputs))
@@ -149,22 +183,13 @@ class GmennResult:
             raise DataError(f"re_form must be None (all random effects) or '~0' (none), not {re_form!r}.")
         design = self._design_for(newdata, allow_new_levels, with_random_effects=re_form is None)
         eta = self._linear_predictor(design, include_random=re_form is None)
-        index = design.rows
+        names = self.family.output_names(self.spec.response.classes)
         if type == "link":
-            return pd.DataFrame(eta, index=index, columns=self._output_names()) if eta.shape[1] > 1 else eta[:, 0]
+            return pd.DataFrame(eta, index=design.rows, columns=names) if eta.shape[1] > 1 else eta[:, 0]
         mean = self.family.mean(eta)
         if type == "class":
-            if self.family.name == "categorical":
-                return np.asarray(self.spec.response.classes, dtype=object)[mean.argmax(axis=1)]
-            if self.family.name == "binomial":
-                return (mean > 0.5).astype(int)
-            raise DataError(f"type='class' needs a categorical or binomial family, not {self.family.name}.")
-        if self.family.name == "categorical":
-            return pd.DataFrame(mean, index=index, columns=self._output_names())
-        return mean
-
-    def _output_names(self) -> list:
-        return list(self.spec.response.classes) if self.family.name == "categorical" else ["eta"]
+            return self.spec.response.decode(self.family.predict_class(mean))
+        return pd.DataFrame(mean, index=design.rows, columns=names) if mean.ndim > 1 else mean
 
     def fitted(self) -> np.ndarray | pd.DataFrame:
         """Fitted means on the fitting rows (random effects included)."""
@@ -175,23 +200,25 @@ class GmennResult:
 
         Binomial residuals are on the proportion scale; categorical fits have none.
         """
-        if self.family.name == "categorical":
-            raise DataError("Residuals are not defined for the categorical family; use predict(type='response').")
-        response = self.design.response
+        if type not in ("pearson", "response"):
+            raise DataError(f"type must be 'pearson' or 'response', not {type!r}.")
+        family = self.family
+        if not family.has_residuals:
+            raise DataError(f"Residuals are not defined for the {family.name} family; use predict(type='response').")
+        response = self._design_for(None, True).response
         mean = self.fitted()
-        trials = response.trials if response.trials is not None else np.ones_like(mean)
-        observed = response.y / trials if self.family.name == "binomial" else response.y
-        raw = observed - mean
+        raw = family.observed(response.y, response.trials) - mean
         if type == "response":
             return raw
-        if type != "pearson":
-            raise DataError(f"type must be 'pearson' or 'response', not {type!r}.")
-        variance = {
-            "gaussian": lambda: np.full_like(mean, self.state.dispersion),
-            "binomial": lambda: mean * (1 - mean) / trials,
-            "poisson": lambda: mean,
-        }[self.family.name]()
-        return raw / np.sqrt(np.maximum(variance, 1e-12))
+        return raw / np.sqrt(np.maximum(family.variance(mean, response.trials, self.state.dispersion), 1e-12))
+
+    def scaled_residuals(self) -> pd.DataFrame | None:
+        """Quantiles (Min, 1Q, Median, 3Q, Max) of the Pearson residuals as the summary prints them;
+        None for a family without residuals."""
+        if self._scaled_residuals is not None or not self.family.has_residuals or not self.has_training_rows:
+            return self._scaled_residuals
+        quantiles = np.quantile(self.residuals("pearson"), [0, 0.25, 0.5, 0.75, 1.0])
+        return pd.DataFrame([[f"{q:.4f}" for q in quantiles]], columns=["Min", "1Q", "Median", "3Q", "Max"])
 
     # -- printing -----------------------------------------------------------
     def summary(self):
@@ -222,11 +249,13 @@ class GmennResult:
 
         return simulate(self, nsim, seed, newdata, re_form)
 
-    def save(self, path) -> Path:
-        """Write the model to one file (``.gmenn``); read it back with ``gmenn_formula.load``."""
-        from gmenn_formula.results.io import save
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model to one file (``.gmenn``); read it back with :func:`load`.
 
-        return save(self, path)
+        Raises UnsupportedSaveError, before writing anything, when the model holds an
+        encoding the format cannot represent (e.g. a ``cr()`` spline)."""
+        loglik = self.summary().loglik()
+        return io.write_model(Path(path), self.design, self.state, self.scaled_residuals(), loglik)
 
     def to_inference_data(self):
         """An ArviZ InferenceData of the final phase's random-effect draws and sampler statistics."""
@@ -251,3 +280,16 @@ class GmennResult:
         from gmenn_formula.results.plots import plot_variances
 
         return plot_variances(self, **kwargs)
+
+
+def load(path: str | os.PathLike, nets: Mapping | None = None) -> GmennResult:
+    """Read a model written by :meth:`GmennResult.save` (see :mod:`gmenn_formula.results.io`).
+
+    ``nets``: the user networks the formula names (``nn(..., net="name")``), as given to
+    ``gmenn()``; modules are copied, never modified. Raises ModelFileError (missing,
+    corrupt or foreign file, or one that does not hold together), ModelVersionError
+    (format version not readable here), MissingNetworkError.
+    """
+    saved = io.read_model(Path(path), nets)
+    logliks = {} if saved.loglik is None else {DEFAULT_LOGLIK: saved.loglik}
+    return GmennResult(saved.design, saved.state, saved.scaled_residuals, logliks)

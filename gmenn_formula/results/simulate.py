@@ -8,7 +8,7 @@ covariances: a parametric bootstrap of the whole model. ``re.form=NULL``
 ``re.form=NULL``. Conditional
 simulation uses the posterior means of the effects (lme4: the conditional
 modes); levels unseen in training get one new draw from the fitted covariance
-per level and simulation, shared by the rows of that level (design.md 3b).
+per level and simulation, shared by the rows of that level.
 
 Responses: gaussian ``mean + N(0, residual variance)``; binomial successes
 out of the rows' trials (1 when the data has no response; the class labels for
@@ -63,20 +63,10 @@ def _random_part(result, design: Design, frame: pd.DataFrame | None, nsim: int, 
 
 
 def _draw_responses(result, design: Design, eta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(nsim, n) responses for linear predictors eta (nsim, n, c)."""
-    family, classes = result.family, result.spec.response.classes
-    if family.name == "categorical":
-        probabilities = family.mean(eta.reshape(-1, eta.shape[-1])).reshape(eta.shape)
-        drawn = (rng.random(eta.shape[:2] + (1,)) > probabilities.cumsum(axis=-1)).sum(axis=-1)
-        return np.asarray(classes, dtype=object)[np.minimum(drawn, len(classes) - 1)]
-    mean = family.mean(eta.reshape(-1, 1)).reshape(eta.shape[:2])
-    if family.name == "gaussian":
-        return mean + rng.normal(scale=np.sqrt(result.state.dispersion), size=mean.shape)
-    if family.name == "poisson":
-        return rng.poisson(mean)
+    """(nsim, n) responses (class labels where the response has classes) for linear predictors eta (nsim, n, c)."""
     trials = design.response.trials if design.response is not None else np.ones(design.num_rows)
-    successes = rng.binomial(trials.astype(np.int64), mean)
-    return np.asarray(classes, dtype=object)[successes] if classes is not None else successes
+    drawn = result.family.sample(rng, eta, trials, result.state.dispersion)
+    return result.spec.response.decode(drawn)
 
 
 def simulate(

@@ -15,9 +15,13 @@ import numpy as np
 import pandas as pd
 
 from gmenn_formula.errors import NoTrainingDataError
-from gmenn_formula.training.em import FitState
+from gmenn_formula.results.state import FitState
 
-SAMPLER_NAMES = {"whitened": "NUTS on per-level whitened effects", "paper": "NUTS, identity mass (paper)"}
+SAMPLER_NAMES = {
+    "exact": "exact block-Gibbs draws",
+    "whitened": "NUTS on per-level whitened effects",
+    "paper": "NUTS, identity mass (paper)",
+}
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -57,6 +61,8 @@ class Summary:
     def __init__(self, result) -> None:
         self.result = result
         self.state: FitState = result.state
+        self.sampler = result.state.config.estep.kind(result.family.has_dispersion)
+        """The sampler the fit drew with ("exact", "whitened" or "paper")."""
 
     # -- sections as DataFrames -------------------------------------------------
     def random_effects(self) -> dict[str | None, pd.DataFrame]:
@@ -124,20 +130,16 @@ class Summary:
         return [_table(criteria), f" logLik: {first}", *(f"  {line}" for line in rest)]
 
     def scaled_residuals(self) -> pd.DataFrame | None:
-        if self.result.family.name == "categorical":
-            return None
-        residuals = self.result.residuals("pearson")
-        quantiles = np.quantile(residuals, [0, 0.25, 0.5, 0.75, 1.0])
-        return pd.DataFrame([[f"{q:.4f}" for q in quantiles]], columns=["Min", "1Q", "Median", "3Q", "Max"])
+        return self.result.scaled_residuals()
 
     # -- text ---------------------------------------------------------------------
     def header(self) -> list[str]:
         state, result = self.state, self.result
         config = state.config
-        kind = "Generalized mixed effects neural network" if result.design.X_networks else "Generalized linear mixed model"
+        kind = "Generalized mixed effects neural network" if result.spec.networks else "Generalized linear mixed model"
         family = result.family
         return [
-            f"{kind} fit by Monte Carlo EM ({SAMPLER_NAMES[config.sampler]} E-step) ['gmenn']",
+            f"{kind} fit by Monte Carlo EM ({SAMPLER_NAMES[self.sampler]} E-step) ['gmenn']",
             f" Family: {family.name}  ( {family.link} )",
             f"Formula: {result.formula}",
             f"   Data: {result.nobs} rows" + (f" ({result.design.num_dropped} dropped for missing values)" if result.design.num_dropped else ""),
@@ -149,30 +151,31 @@ class Summary:
         if not len(nets):
             return []
         lines = ["Network:"]
-        for index, (term, net) in enumerate(zip(self.result.formula.networks, nets), start=1):
+        for index, (spec, net) in enumerate(zip(self.result.spec.networks, nets), start=1):
             params = sum(p.numel() for p in net.parameters())
-            inputs = len(self.result.spec.network_names[index - 1])
-            arch = term.net or "MLP " + "-".join(str(m.out_features) for m in net if hasattr(m, "out_features"))
-            lines.append(f" nn #{index}: {arch}, {inputs} inputs, {params:,} parameters")
+            arch = spec.term.net or "MLP " + "-".join(str(m.out_features) for m in net if hasattr(m, "out_features"))
+            lines.append(f" nn #{index}: {arch}, {len(spec.block.names)} inputs, {params:,} parameters")
         lines.append(
             f" epochs: {state.epochs}, best epoch: {state.best_epoch}, best validation loss: {_fmt(state.best_validation_loss, 6)}"
         )
         return lines
 
     def estep_lines(self) -> list[str]:
-        config, history = self.state.config, self.state.history
-        acceptance = np.mean([h["acceptance"] for h in history])
-        steps = np.mean([h["leapfrog_steps"] for h in history])
-        divergences = int(np.sum([h["divergences"] for h in history]))
-        estep = sum(h["estep_seconds"] for h in history)
-        waited = sum(h.get("seconds", h["estep_seconds"] + h["mstep_seconds"]) - h["mstep_seconds"] for h in history)
-        beside = f" ({estep - waited:.1f} s of it beside the M-step)" if estep - waited >= 0.05 else ""
-        training = any(h["phase"] == "train" for h in history)
-        draws = f"K = {config.training_draws} draws/epoch while training, then {config.draws}" if training else f"K = {config.draws} draws/epoch"
+        estep, history = self.state.config.estep, self.state.history
+        acceptance = np.mean([h.acceptance for h in history])
+        steps = np.mean([h.leapfrog_steps for h in history])
+        divergences = int(np.sum([h.divergences for h in history]))
+        sampler = sum(h.estep_seconds for h in history)
+        waited = sum(h.seconds - h.mstep_seconds for h in history)
+        beside = f" ({sampler - waited:.1f} s of it beside the M-step)" if sampler - waited >= 0.05 else ""
+        training = any(h.phase == "train" for h in history)
+        draws = f"K = {estep.training_draws} draws/epoch while training, then {estep.draws}" if training else f"K = {estep.draws} draws/epoch"
+        diagnostics = "" if self.sampler == "exact" else (
+            f"; mean acceptance {acceptance:.2f}, mean leapfrog steps {steps:.1f}, divergences {divergences}"
+        )
         return [
-            f"E-step: {config.sampler} sampler, {draws}, R = {config.burn_in} burn-in;"
-            f" mean acceptance {acceptance:.2f}, mean leapfrog steps {steps:.1f}, divergences {divergences}",
-            f" time: {self.state.seconds:.1f} s in all, E-step {estep:.1f} s{beside}",
+            f"E-step: {self.sampler} sampler, {draws}, R = {estep.burn_in} burn-in{diagnostics}",
+            f" time: {self.state.seconds:.1f} s in all, E-step {sampler:.1f} s{beside}",
         ]
 
     def convergence_lines(self) -> list[str]:

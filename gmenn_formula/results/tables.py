@@ -1,6 +1,7 @@
 """Tidy tables of a fit (pandas DataFrames), the source of every printed summary.
 
-A ``class`` column appears only for the categorical family (one block per class).
+A ``class`` column appears only where the linear predictor has one column per
+class (the categorical family): one block per class.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ import numpy as np
 import pandas as pd
 
 from gmenn_formula.design import Design
-from gmenn_formula.training.em import FitState
+from gmenn_formula.results.state import FitState
 
 
-def class_labels(design: Design, state: FitState) -> list | None:
-    """Class labels of the outputs for categorical fits, else None."""
-    if state.family.name != "categorical":
-        return None
-    return list(design.spec.response.classes)
+def class_labels(design: Design) -> list | None:
+    """Labels of the outputs when there are several (one per class), else None."""
+    spec = design.spec
+    return list(spec.response.classes) if spec.num_outputs > 1 else None
 
 
 def _with_class(rows: list[dict], classes: list | None) -> pd.DataFrame:
@@ -33,7 +33,7 @@ def varcorr(design: Design, state: FitState) -> pd.DataFrame:
     covariance, corr the correlation); a final ``Residual`` row for gaussian.
     ``mcse`` is the Monte Carlo standard error of the variance/covariance.
     """
-    classes = class_labels(design, state)
+    classes = class_labels(design)
     rows = []
     for r, S_all, se_all in zip(design.random, state.covariances, state.covariance_se):
         names = r.term_names
@@ -42,19 +42,19 @@ def varcorr(design: Design, state: FitState) -> pd.DataFrame:
             sd = np.sqrt(np.clip(np.diag(S), 0.0, None))
             for i, name in enumerate(names):
                 rows.append({"group": r.name, "term": name, "term2": None, "class": label, "variance": S[i, i], "std": sd[i], "corr": np.nan, "mcse": se[i, i]})
-            if r.term.correlated:
+            if r.correlated:
                 for i in range(len(names)):
                     for j in range(i + 1, len(names)):
                         corr = S[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan
                         rows.append({"group": r.name, "term": names[i], "term2": names[j], "class": label, "variance": S[i, j], "std": np.nan, "corr": corr, "mcse": se[i, j]})
-    if state.dispersion is not None:
+    if design.family.has_dispersion:
         rows.append({"group": "Residual", "term": "", "term2": None, "class": None, "variance": state.dispersion, "std": np.sqrt(state.dispersion), "corr": np.nan, "mcse": state.dispersion_se})
     return _with_class(rows, classes)
 
 
 def fixef(design: Design, state: FitState) -> pd.DataFrame:
     """Linear fixed effects: term, class, estimate (no rows when the formula has only networks)."""
-    classes = class_labels(design, state)
+    classes = class_labels(design)
     beta = state.model.beta.detach().cpu().numpy()
     rows = [
         {"term": name, "class": classes[c] if classes else None, "estimate": float(beta[k, c])}
@@ -69,7 +69,7 @@ def ranef(design: Design, state: FitState, cond_var: bool = True) -> dict[str, p
 
     Keyed by the factor's name, or by the term's text (``"(0 + x | g)"``) when several
     terms share the factor."""
-    classes = class_labels(design, state)
+    classes = class_labels(design)
     result = {}
     for r, mean, sd in zip(design.random, state.effect_mean, state.effect_sd):
         q, p, c = mean.shape
@@ -98,15 +98,20 @@ def ngrps(design: Design) -> pd.Series:
 
 
 def history(state: FitState, design: Design) -> pd.DataFrame:
-    """Per-epoch losses, sampler diagnostics and variance components, one row per epoch."""
-    classes = class_labels(design, state)
+    """The epoch log, one row per epoch: every field of
+    :class:`~gmenn_formula.results.state.EpochRecord` (``dispersion`` for gaussian fits only;
+    losses where a phase has them) and each variance as ``var[group:term|class]``."""
+    classes = class_labels(design)
     records = []
     for entry in state.history:
-        record = {key: value for key, value in entry.items() if key != "covariances"}
-        for r, S_all in zip(design.random, entry["covariances"]):
+        record = entry.scalars()
+        if not design.family.has_dispersion:
+            record.pop("dispersion")
+        for r, S_all in zip(design.random, entry.covariances):
             for c, S in enumerate(S_all):
                 suffix = f"|{classes[c]}" if classes else ""
                 for i, name in enumerate(r.term_names):
                     record[f"var[{r.name}:{name}{suffix}]"] = S[i, i]
         records.append(record)
-    return pd.DataFrame(records)
+    frame = pd.DataFrame(records)
+    return frame.drop(columns=[name for name in ("loss", "validation_loss") if name in frame and frame[name].isna().all()])

@@ -1,158 +1,214 @@
-"""Settings of a fit (the ``**control`` of ``gmenn()``), checked once."""
+"""Settings of a fit (the ``**control`` of ``gmenn()``), grouped by concern and checked once.
+
+A user sets them by flat keywords (``gmenn(..., epochs=50, seed=1)``);
+:meth:`FitConfig.from_control` checks every one (type and range, with the allowed
+values in the message) and sorts them into four groups:
+
+- :class:`TrainingSettings`: the network's M-step and early stopping;
+- :class:`EStepSettings`: the sampler and its draws per epoch;
+- :class:`ConvergenceSettings`: when EM stops and how the variances are averaged;
+- :class:`RuntimeSettings`: seed, device, progress output.
+
+What each default was measured against is in ``docs/engine.md``.
+"""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from gmenn_formula.errors import ControlError
-
 
 TRAINING_TREE_DEPTH = 2
 GAUSSIAN_TREE_DEPTH = 3
 VARIANCE_TREE_DEPTH = 5
+PAPER_TREE_DEPTH = 10
+SAMPLERS = ("auto", "exact", "whitened", "paper")
 
 
 @dataclass(frozen=True)
-class FitConfig:
-    """How the Monte Carlo EM runs.
+class _Rule:
+    """What a setting accepts: ``kind`` int, float, bool or str; a range ``low``..``high``
+    (``open_low``/``open_high``: strict); ``choices`` for strings; ``optional``: None allowed."""
 
-    Networks (``nn()`` present): at most ``epochs`` EM epochs of Adam
-    (``learning_rate``) over minibatches of ``batch_size`` rows, early stopping
-    on a ``validation_fraction`` split with ``patience``, best weights restored;
-    then, on all rows with the network frozen, ``final_epochs`` epochs of
-    (parameter-expanded) EM for the variance components, starting from the best
-    epoch's, then at least ``average_epochs`` epochs averaged into the reported
-    variances. The final phase has no settle test: the variances went through EM
-    during all of training, and on the paper's base scenario the parameter-expanded
-    iterates of poorly identified components (a 10-level factor's per-class
-    variances, variances near 0) wander by more than the Monte Carlo noise the test
-    allows, so it never passed within 150 epochs, while 10 epochs gave the same
-    estimates (variance MAE .104/.107 vs .105/.113 on two seeds at 20,000 rows) in
-    two thirds of the time.
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple[str, ...] = ()
+    optional: bool = False
 
-    Plain GLMM (no ``nn()``): all rows, exact M-step for the linear fixed
-    effects, EM until the parameters move less than ``tolerance`` (relative,
-    between means over windows of ``window`` epochs) or ``epochs`` is reached,
-    then at least ``average_epochs`` more epochs averaged, until the Monte
-    Carlo standard error of every variance component is below ``mcse_target``
-    (relative) or a tenth of its sampling standard error (few levels), or
-    ``max_average_epochs`` is reached (the same for the final
-    phase of nn() fits).
+    def allowed(self) -> str:
+        if self.choices:
+            text = " or ".join(repr(c) for c in self.choices)
+        else:
+            text = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}[self.kind]
+            if self.low is not None:
+                text += f" {'>' if self.open_low else '>='} {self.low:g}"
+            if self.high is not None:
+                text += f"{' and' if self.low is not None else ''} {'<' if self.open_high else '<='} {self.high:g}"
+        return text + (" (or None for the default)" if self.optional else "")
 
-    E-step: ``draws`` (K) draws per epoch of which ``burn_in`` (R) are
-    dropped; while a network trains, ``training_draws`` (the paper's K = 2:
-    the loss needs only an unbiased draw, and the variance components are
-    estimated again in the final phase with ``draws``; measured on the base
-    scenario at 100,000 rows this takes the E-step from 0.20 s to 0.08 s per
-    epoch and the M-step from 2 + K - R to 2 NLL evaluations per row). With
-    ``sampler`` "whitened" (default) or "paper"; NUTS builds at most
-    ``max_tree_depth`` doublings (2**depth - 1 leapfrog steps) per draw.
-    None: the paper's 10 for "paper"; for "whitened", 2 while a network trains
-    (its draws only feed the loss), 3 for gaussian models (whose covariance
-    statistics are exact given the other terms' draws), and 5 where draws set
-    reported variances of other families (plain GLMMs, the final phase of
-    network fits). Short trees give the most effective draws of B^2 per second
-    on a fixed target (paper's base scenario at 20,000 rows: 19.9/s at depth 3
-    vs 14.1 at depth 5) and cheap epochs (training depth 2: 1.16x/1.20x
-    Ignore's epoch at batch 100/512 on 100,000 rows, against 1.20x/1.22x at
-    depth 3, same AUC and variance MAE on the base scenario), but they leave
-    slow directions of crossed factors unexplored, and EM fed by them settles
-    low: three crossed factors of 10,000 levels, 100,000 binary rows, truth
-    .5/.3/.2: .446/.284/.171 after 65 epochs at depth 3, .485/.301/.181 after
-    40 at depth 5 (depth 6 the same; poisson .548/.316/.202 after 101 vs
-    .489/.297/.192 after 53); the paper's base scenario: variance MAE
-    .101/.108 vs .088/.085 (two seeds).
-    ``overlap_estep``: while a network trains, the next epoch's E-step runs on a
-    worker thread beside this epoch's M-step, given the network output at the
-    start of this epoch (so the draws a minibatch step uses are one epoch old in
-    F; the final phase, network frozen, is unaffected); on CPU torch then trains
-    with one thread fewer. False: the paper's strict alternation.
-    ``parameter_expansion``: while a network trains and before averaging
-    starts, the covariance M-step is parameter-expanded (PX-EM, see
-    :func:`~gmenn_formula.mstep.step.expansion_maps`): same fixed point, far
-    fewer epochs where a variance is small or at 0. While training this matters
-    for the network: with plain EM, the variances of factors that do not matter
-    shrank only slowly, the draws fed noise into the loss and into the
-    validation loss, and early stopping fired at epoch 16 (the paper's
-    Irrelevant scenario at 20,000 rows: AUC .571 against Ignore's .590; with
-    the expansion, epoch 47 and .596).
-    ``penalty``: the paper's lambda (Eq. 6); None means 1 with networks and 0
-    without (0 keeps the fixed point at the maximum likelihood estimate).
-    """
+    def accepts(self, value: object) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, self.kind)
+        if not ok:
+            return False
+        if self.choices:
+            return value in self.choices
+        low_ok = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return low_ok and high_ok
 
-    epochs: int | None = None
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    draws: int = 4
-    training_draws: int = 2
-    burn_in: int = 1
-    sampler: str = "whitened"
-    max_tree_depth: int | None = None
-    penalty: float | None = None
-    patience: int = 10
-    validation_fraction: float = 0.1
-    tolerance: float = 2e-3
-    window: int = 10
-    average_epochs: int = 20
-    max_average_epochs: int = 400
-    mcse_target: float = 0.02
-    parameter_expansion: bool = True
-    overlap_estep: bool = True
-    final_epochs: int = 10
-    seed: int = 0
-    device: str = "auto"
-    verbose: int = 1
 
-    def __post_init__(self) -> None:
-        checks = {
-            "batch_size": self.batch_size >= 1,
-            "learning_rate": self.learning_rate > 0,
-            "draws": self.draws >= 1,
-            "burn_in": 0 <= self.burn_in < min(self.draws, self.training_draws),
-            "sampler": self.sampler in ("whitened", "paper"),
-            "max_tree_depth": self.max_tree_depth is None or 1 <= self.max_tree_depth <= 12,
-            "patience": self.patience >= 1,
-            "validation_fraction": 0 < self.validation_fraction < 0.5,
-            "tolerance": self.tolerance > 0,
-            "window": self.window >= 2,
-            "average_epochs": self.average_epochs >= 1,
-            "max_average_epochs": self.max_average_epochs >= self.average_epochs,
-            "mcse_target": self.mcse_target > 0,
-            "final_epochs": self.final_epochs >= 1,
-            "epochs": self.epochs is None or self.epochs >= 1,
-            "penalty": self.penalty is None or self.penalty >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            name = bad[0]
-            raise ControlError(f"Invalid fit setting {name}={getattr(self, name)!r}; see help(gmenn_formula.FitConfig) for allowed values.")
+def _setting(default: Any, rule: _Rule, doc: str) -> Any:
+    """A settings field with its rule and a one-line description."""
+    return field(default=default, metadata={"rule": rule, "doc": doc})
 
-    @classmethod
-    def from_control(cls, **control) -> FitConfig:
-        """Build from keyword arguments, with a clear error for an unknown name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(control) - known)
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ControlError(f"Unknown fit setting {unknown[0]!r}.{hint} Settings: {', '.join(sorted(known))}.")
-        return cls(**control)
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The network's M-step (``nn()`` fits): Adam over minibatches, early stopping on a
+    validation split with the best weights restored, the paper's lambda."""
+
+    epochs: int | None = _setting(None, _Rule(int, 1, optional=True), "most EM epochs: 100 with nn(), 2000 for a plain GLMM")
+    batch_size: int = _setting(512, _Rule(int, 1), "rows per minibatch")
+    learning_rate: float = _setting(1e-3, _Rule(float, 0, open_low=True), "Adam's learning rate")
+    patience: int = _setting(10, _Rule(int, 1), "epochs without a better validation loss before stopping")
+    validation_fraction: float = _setting(0.1, _Rule(float, 0, 0.5, open_low=True, open_high=True), "share of rows held out")
+    penalty: float | None = _setting(
+        None, _Rule(float, 0, optional=True), "the paper's lambda (Eq. 6); None: 1 with nn(), 0 without (maximum likelihood)"
+    )
+    overlap_estep: bool = _setting(True, _Rule(bool), "the next E-step on a worker thread beside the minibatches")
 
     def max_epochs(self, has_networks: bool) -> int:
         """``epochs`` or its default: 100 with networks, 2000 for a plain GLMM."""
         return self.epochs if self.epochs is not None else (100 if has_networks else 2000)
 
+    def penalty_for(self, has_networks: bool) -> float:
+        return self.penalty if self.penalty is not None else (1.0 if has_networks else 0.0)
+
+
+@dataclass(frozen=True)
+class EStepSettings:
+    """The E-step: K draws per epoch of which R are dropped, NUTS with at most
+    2**depth - 1 leapfrog steps per draw."""
+
+    draws: int = _setting(4, _Rule(int, 1), "draws K per epoch where draws set the reported variances")
+    training_draws: int = _setting(2, _Rule(int, 1), "draws K per epoch while a network trains (the paper's K = 2)")
+    burn_in: int = _setting(1, _Rule(int, 0), "draws R dropped per epoch (fewer than draws and training_draws)")
+    sampler: str = _setting(
+        "auto", _Rule(str, choices=SAMPLERS),
+        "'exact' block Gibbs (gaussian only), NUTS on per-level 'whitened' effects or the 'paper''s NUTS; 'auto': exact for gaussian, else whitened",
+    )
+    max_tree_depth: int | None = _setting(
+        None, _Rule(int, 1, 12, optional=True), "most NUTS doublings; None: 2 while training, 3 gaussian, 5 otherwise"
+    )
+
+    def kind(self, gaussian: bool) -> str:
+        """The sampler a family gets: ``sampler``, with "auto" resolved (exact for gaussian, else whitened)."""
+        if self.sampler == "exact" and not gaussian:
+            raise ControlError("sampler='exact' draws gaussian random effects exactly; other families need 'whitened' or 'paper'.")
+        return ("exact" if gaussian else "whitened") if self.sampler == "auto" else self.sampler
+
     def tree_depth(self, variances: bool, exact_moments: bool) -> int:
-        """``max_tree_depth`` or the sampler's default for draws that set reported ``variances``
-        (else they feed a network's loss) in a family with ``exact_moments`` (gaussian) or not."""
+        """``max_tree_depth`` or the default for draws that set reported ``variances`` (else they
+        feed a network's loss) in a family with ``exact_moments`` (gaussian) or not."""
         if self.max_tree_depth is not None:
             return self.max_tree_depth
         if self.sampler == "paper":
-            return 10
+            return PAPER_TREE_DEPTH
         if not variances:
             return TRAINING_TREE_DEPTH
         return GAUSSIAN_TREE_DEPTH if exact_moments else VARIANCE_TREE_DEPTH
 
-    def penalty_for(self, has_networks: bool) -> float:
-        return self.penalty if self.penalty is not None else (1.0 if has_networks else 0.0)
+
+@dataclass(frozen=True)
+class ConvergenceSettings:
+    """When EM stops and how the reported variances are averaged (see
+    :mod:`~gmenn_formula.training.averaging`)."""
+
+    tolerance: float = _setting(2e-3, _Rule(float, 0, open_low=True), "relative change between windows that counts as settled")
+    window: int = _setting(10, _Rule(int, 2), "epochs per window of the settle test")
+    average_epochs: int = _setting(20, _Rule(int, 1), "fewest epochs averaged into the reported variances")
+    max_average_epochs: int = _setting(400, _Rule(int, 1), "most epochs averaged (at least average_epochs)")
+    mcse_target: float = _setting(0.02, _Rule(float, 0, open_low=True), "Monte Carlo error sought, relative to each variance")
+    parameter_expansion: bool = _setting(True, _Rule(bool), "parameter-expanded EM until averaging starts")
+    final_epochs: int = _setting(10, _Rule(int, 1), "EM epochs on all rows with the network frozen, before averaging")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Where and how the fit runs."""
+
+    seed: int = _setting(0, _Rule(int, 0, 2**32 - 1), "seed of numpy, torch and JAX")
+    device: str = _setting("auto", _Rule(str), "torch and JAX device: 'auto' (a GPU when one is seen), 'cpu', 'cuda', 'cuda:N'")
+    verbose: int = _setting(1, _Rule(int, 0, 2), "1: a progress bar, 0: silent")
+
+
+_GROUPS = {"training": TrainingSettings, "estep": EStepSettings, "convergence": ConvergenceSettings, "runtime": RuntimeSettings}
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """All settings of a fit, in four groups; build it with :meth:`from_control` (flat keywords)."""
+
+    training: TrainingSettings = TrainingSettings()
+    estep: EStepSettings = EStepSettings()
+    convergence: ConvergenceSettings = ConvergenceSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    @classmethod
+    def from_control(cls, **control: Any) -> FitConfig:
+        """Build from flat keyword settings; ControlError names an unknown or invalid one and
+        says what it accepts."""
+        owners = {f.name: (group, f) for group, settings in _GROUPS.items() for f in fields(settings)}
+        unknown = sorted(set(control) - set(owners))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], owners, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ControlError(f"Unknown fit setting {unknown[0]!r}.{hint} Settings: {', '.join(sorted(owners))}.")
+        for name, value in control.items():
+            rule = owners[name][1].metadata["rule"]
+            if not rule.accepts(value):
+                raise ControlError(f"Invalid fit setting {name}={value!r}: it must be {rule.allowed()}.")
+        grouped: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
+        for name, value in control.items():
+            grouped[owners[name][0]][name] = value
+        config = cls(**{group: settings(**grouped[group]) for group, settings in _GROUPS.items()})
+        config._check_together()
+        return config
+
+    def _check_together(self) -> None:
+        estep, convergence = self.estep, self.convergence
+        if estep.burn_in >= min(estep.draws, estep.training_draws):
+            raise ControlError(
+                f"Invalid fit settings burn_in={estep.burn_in}, draws={estep.draws}, training_draws={estep.training_draws}: "
+                "burn_in must be smaller than both draws settings, so that every epoch keeps a draw."
+            )
+        if convergence.max_average_epochs < convergence.average_epochs:
+            raise ControlError(
+                f"Invalid fit settings max_average_epochs={convergence.max_average_epochs} < average_epochs="
+                f"{convergence.average_epochs}: the cap must be at least the minimum."
+            )
+
+    def to_control(self) -> dict[str, Any]:
+        """The flat keyword settings (what :meth:`from_control` takes; what a model file stores)."""
+        return {name: value for group in _GROUPS for name, value in asdict(getattr(self, group)).items()}
+
+    @staticmethod
+    def describe() -> dict[str, str]:
+        """Every setting's name -> what it does and what it accepts (for help texts)."""
+        return {
+            f.name: f"{f.metadata['doc']} ({f.metadata['rule'].allowed()}; default {f.default!r})"
+            for settings in _GROUPS.values()
+            for f in fields(settings)
+        }

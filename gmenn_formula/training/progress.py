@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from gmenn_formula.results.state import EpochRecord
+
 
 class ProgressBar:
-    """Context manager; ``update(entry)`` takes one history entry of the EM loop."""
+    """Context manager; ``update(record)`` takes each epoch's record of the EM loop."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -18,14 +20,14 @@ class ProgressBar:
             self.bar = tqdm(total=None, desc="MCEM", unit="epoch", leave=False, disable=None)
         return self
 
-    def update(self, entry: dict) -> None:
+    def update(self, record: EpochRecord) -> None:
         if self.bar is None:
             return
-        self.bar.update(entry["epoch"] - self.bar.n)
-        shown = {"phase": entry["phase"], "acc": f"{entry['acceptance']:.2f}"}
-        for key, label in (("loss", "loss"), ("validation_loss", "val")):
-            if entry.get(key) is not None:
-                shown[label] = f"{entry[key]:.4f}"
+        self.bar.update(record.epoch - self.bar.n)
+        shown = {"phase": record.phase, "acc": f"{record.acceptance:.2f}"}
+        for value, label in ((record.loss, "loss"), (record.validation_loss, "val")):
+            if value is not None:
+                shown[label] = f"{value:.4f}"
         self.bar.set_postfix(shown, refresh=False)
 
     def __exit__(self, *exc) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep.driver import EStep
-from gmenn_formula.estep.model import TermArrays
+from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.estep.sampler import SamplerConfig
 from gmenn_formula.families import get_family
 

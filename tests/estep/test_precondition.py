@@ -9,15 +9,9 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.scipy import stats
 
-from gmenn_formula.estep import (
-    BlockWhitening,
-    build_whitening,
-    level_precision,
-    linear_predictor,
-    whitened_logdensity,
-    whitening_from_precision,
-)
+from gmenn_formula.estep.precondition import BlockWhitening, build_whitening, level_precision, whitened_logdensity, whitening_from_precision
 from gmenn_formula.families import get_family
+from targets import linear_predictor
 
 NUM_CLASSES = 3
 CATEGORICAL = get_family("categorical")
@@ -60,7 +54,7 @@ def full_logdensity(position: tuple[jax.Array, ...], problem: dict) -> jax.Array
 
 def softmax_fisher(problem: dict, position: tuple[jax.Array, ...]) -> jax.Array:
     """Categorical Fisher information (n, C, C) of the rows at ``position``."""
-    return CATEGORICAL.jax_fisher(linear_predictor(problem["F"], problem["codes"], problem["Z"], position), None, None)
+    return CATEGORICAL.fisher(linear_predictor(problem["F"], problem["codes"], problem["Z"], position), None, None, xp=jnp)
 
 
 # Per-row negative log-likelihood in eta_i (C,), written with jax.scipy's densities.
@@ -89,7 +83,7 @@ def test_jax_fisher_is_the_row_nll_hessian_and_psd(name: str) -> None:
     y = jnp.asarray(y, jnp.float32)
     dispersion = jnp.float32(0.7)
     hessian = jax.jit(jax.vmap(jax.hessian(ROW_NLL[name]), in_axes=(0, 0, 0, None)))(eta, y, trials, dispersion)
-    fisher = np.asarray(family.jax_fisher(eta, trials, dispersion))
+    fisher = np.asarray(family.fisher(eta, trials, dispersion, xp=jnp))
     assert fisher.shape == (n, num_outputs, num_outputs)
     np.testing.assert_allclose(fisher, np.asarray(hessian), rtol=1e-4, atol=1e-5)
     # Canonical links: the Fisher information is PSD with no repair.
@@ -138,3 +132,15 @@ def test_whitening_from_precision_and_whitened_logdensity() -> None:
     expected = jax.jit(full_logdensity)(tuple(B + 0.5 for B in problem["position"]), problem)
     logdensity_z = jax.jit(whitened_logdensity(full_logdensity, whitening))
     np.testing.assert_allclose(logdensity_z(z, problem), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d", [1, 3, 7])
+def test_batched_cholesky_and_triangular_inverse_match_numpy(d: int) -> None:
+    from gmenn_formula.estep.precondition import batched_cholesky, lower_triangular_inverse
+
+    rng = np.random.default_rng(d)
+    A = rng.normal(size=(50, d, d))
+    H = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(d)
+    L = np.asarray(batched_cholesky(jnp.asarray(H, jnp.float32)), np.float64)
+    np.testing.assert_allclose(L, np.linalg.cholesky(H), rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(np.asarray(lower_triangular_inverse(jnp.asarray(L, jnp.float32))), np.linalg.inv(L), rtol=1e-3, atol=1e-3)

@@ -10,15 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmenn_formula.estep import (
-    SamplerConfig,
-    SamplerState,
-    build_whitening,
-    init,
-    linear_predictor,
-    sample_epoch,
-)
+from gmenn_formula.estep.precondition import build_whitening
+from gmenn_formula.estep.sampler import SamplerConfig, SamplerState, init, sample_chunk
 from gmenn_formula.families import get_family
+from targets import linear_predictor
 
 Position = tuple[jax.Array, ...]
 
@@ -45,7 +40,7 @@ def run_epochs(
         whitening = None
         if kind == "whitened":
             whitening = whitening_at(center, problem["data"], problem["family"])
-        state, draws, info = sample_epoch(sub, state, problem["logdensity"], config, whitening, (problem["data"],))
+        state, draws, info = sample_chunk(sub, state, problem["logdensity"], config, whitening, (problem["data"],))
         center = tuple(d.mean(0) for d in draws)
         all_draws.append(draws)
         infos.append(info)
@@ -55,7 +50,7 @@ def run_epochs(
 def whitening_at(center: Position, data: dict[str, Any], family: Any) -> Any:
     """Whitening at ``center`` from the family's Fisher information there (trials unused: no binomial here)."""
     eta = linear_predictor(data["F"], data["codes"], data["Z"], center)
-    fisher = family.jax_fisher(eta, None, data["params"])
+    fisher = family.fisher(eta, None, data["params"], xp=jnp)
     return build_whitening(center, fisher, data["codes"], data["Z"], data["precisions"])
 
 
@@ -213,10 +208,10 @@ def test_paper_rule_halves_step_after_rejections() -> None:
     config = SamplerConfig(kind="paper", num_draws=3, burn_in=1, max_tree_depth=4)
     state = init((jnp.full((4, 2), 1e-3),), config)
     np.testing.assert_allclose(state.step_size, 0.1)
-    state, _, info = sample_epoch(jax.random.key(0), state, narrow, config, None, (jnp.float32(1e-3),))
+    state, _, info = sample_chunk(jax.random.key(0), state, narrow, config, None, (jnp.float32(1e-3),))
     assert float(info.mean_acceptance) < 1e-3
     np.testing.assert_allclose(state.step_size, 0.05)
-    state, _, _ = sample_epoch(jax.random.key(1), state, narrow, config, None, (jnp.float32(1.0),))
+    state, _, _ = sample_chunk(jax.random.key(1), state, narrow, config, None, (jnp.float32(1.0),))
     np.testing.assert_allclose(state.step_size, 0.05)  # accepted: unchanged
 
 
@@ -237,7 +232,7 @@ def test_one_compilation_serves_every_epoch(softmax: dict[str, Any]) -> None:
         data["F"] = jnp.asarray(rng.normal(size=data["F"].shape), jnp.float32)
         data["precisions"] = (jnp.full((NUM_CLASSES, 1, 1), 1.0 + epoch, jnp.float32),)
         whitening = whitening_at(state.position, data, softmax["family"])
-        state, _, _ = sample_epoch(jax.random.key(epoch), state, counting_logdensity, config, whitening, (data,))
+        state, _, _ = sample_chunk(jax.random.key(epoch), state, counting_logdensity, config, whitening, (data,))
     assert len(traces) == traced_once
 
 
@@ -245,10 +240,10 @@ def test_kind_and_whitening_must_agree(softmax: dict[str, Any]) -> None:
     data = softmax["data"]
     state = init((jnp.zeros((SOFTMAX_LEVELS, NUM_CLASSES)),), SamplerConfig())
     with pytest.raises(ValueError, match="needs a BlockWhitening"):
-        sample_epoch(jax.random.key(0), state, softmax_logdensity, SamplerConfig(), None, (data,))
+        sample_chunk(jax.random.key(0), state, softmax_logdensity, SamplerConfig(), None, (data,))
     whitening = whitening_at(state.position, data, softmax["family"])
     with pytest.raises(ValueError, match="pass whitening=None"):
-        sample_epoch(jax.random.key(0), state, softmax_logdensity, SamplerConfig(kind="paper"), whitening, (data,))
+        sample_chunk(jax.random.key(0), state, softmax_logdensity, SamplerConfig(kind="paper"), whitening, (data,))
 
 
 @pytest.mark.parametrize(

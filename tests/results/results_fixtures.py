@@ -7,12 +7,11 @@ import pandas as pd
 import torch
 
 import gmenn_formula as gf
-from gmenn_formula.families import get_family
 from gmenn_formula.mstep.networks import FixedPart, mlp
 from gmenn_formula.results.result import GmennResult
-from gmenn_formula.simulation import simulate
+from gmenn_formula.results.state import EpochRecord, FitState
+from gmenn_formula.simulation import paper_scenario
 from gmenn_formula.training.config import FitConfig
-from gmenn_formula.training.em import FitState
 
 FAMILIES = ("gaussian", "binomial", "poisson", "categorical")
 KINDS = ("glmm", "nn")
@@ -22,7 +21,7 @@ TINY_CONTROL = {"epochs": 3, "final_epochs": 3, "average_epochs": 2, "max_averag
 
 def tiny_data(family: str) -> pd.DataFrame:
     """300 rows of the package's simulation: features x0..x2, factors g0 (12 levels) and g1 (4)."""
-    return simulate(rows=300, features=3, classes=3, levels=(12, 4), variances=(0.5, 0.3), family=family, seed=3).data
+    return paper_scenario(rows=300, features=3, classes=3, levels=(12, 4), variances=(0.5, 0.3), family=family, seed=3).data
 
 
 def tiny_formula(kind: str) -> str:
@@ -40,29 +39,32 @@ def new_rows(data: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- hand-made fits: deterministic numbers, no fitting ------------------------------------
-def _history(covariances: list[np.ndarray], phases: list[str], dispersion: float | None, network: bool) -> list[dict]:
-    entries = []
+def _history(covariances: list[np.ndarray], phases: list[str], dispersion: float, network: bool) -> list[EpochRecord]:
+    records = []
     for epoch, phase in enumerate(phases, start=1):
-        entry = {"epoch": epoch, "phase": phase}
+        losses = {}
         if phase == "train":
-            entry |= {"loss": 1.5 - 0.1 * epoch, "validation_loss": 1.6 - 0.05 * epoch}
+            losses = {"loss": 1.5 - 0.1 * epoch, "validation_loss": 1.6 - 0.05 * epoch}
         elif not network:
-            entry["loss"] = 4.75 - 0.01 * epoch
+            losses = {"loss": 4.75 - 0.01 * epoch}
         scale = 1.0 + 0.1 / epoch
-        entries.append(
-            entry
-            | {
-                "dispersion": dispersion,
-                "covariances": [S * scale for S in covariances],
-                "acceptance": 0.8,
-                "step_size": 0.5,
-                "leapfrog_steps": 7.0,
-                "divergences": epoch % 2,
-                "estep_seconds": 0.25,
-                "mstep_seconds": 0.125,
-            }
+        records.append(
+            EpochRecord(
+                epoch=epoch,
+                phase=phase,
+                seconds=0.375,
+                estep_seconds=0.25,
+                mstep_seconds=0.125,
+                covariances=tuple(S * scale for S in covariances),
+                dispersion=dispersion,
+                acceptance=0.8,
+                step_size=0.5,
+                leapfrog_steps=7.0,
+                divergences=epoch % 2,
+                **losses,
+            )
         )
-    return entries
+    return records
 
 
 def _effects(q: int, p: int, c: int, draws: int, offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,9 +88,8 @@ def handmade_glmm() -> GmennResult:
         model.beta.copy_(torch.tensor([[250.0], [10.0]]))
     covariance = np.array([[[600.0, 12.0], [12.0, 35.0]]])
     mean, sd, draws = _effects(4, 2, 1, 6, 40.0)
-    config = FitConfig(draws=4, burn_in=1, average_epochs=2, max_average_epochs=2, verbose=0)
+    config = FitConfig.from_control(draws=4, burn_in=1, average_epochs=2, max_average_epochs=2, verbose=0)
     state = FitState(
-        family=get_family("gaussian"),
         num_outputs=1,
         model=model.eval(),
         fixed_names=("(Intercept)", "days"),
@@ -101,6 +102,7 @@ def handmade_glmm() -> GmennResult:
         draws=[draws],
         history=_history([covariance], ["em", "em", "average", "average"], 650.0, network=False),
         converged=True,
+        nobs=20,
         epochs=4,
         seconds=1.5,
         config=config,
@@ -128,21 +130,21 @@ def handmade_categorical_nn() -> GmennResult:
     model = FixedPart([network], 0, 3)
     covariances = [np.array([[[0.25]], [[0.5]], [[0.125]]]), np.array([[[1e-4]], [[0.75]], [[0.0625]]])]
     means, sds, draws = zip(_effects(3, 1, 3, 6, 1.0), _effects(2, 1, 3, 6, 2.0))
-    config = FitConfig(draws=4, burn_in=1, average_epochs=2, max_average_epochs=2, final_epochs=3, verbose=0)
+    config = FitConfig.from_control(draws=4, burn_in=1, average_epochs=2, max_average_epochs=2, final_epochs=3, verbose=0)
     state = FitState(
-        family=get_family("categorical"),
         num_outputs=3,
         model=model.eval(),
         fixed_names=(),
         covariances=covariances,
         covariance_se=[np.full((3, 1, 1), 0.01), np.full((3, 1, 1), 0.02)],
-        dispersion=None,
-        dispersion_se=None,
+        dispersion=1.0,
+        dispersion_se=0.0,
         effect_mean=list(means),
         effect_sd=list(sds),
         draws=list(draws),
-        history=_history(covariances, ["train", "train", "train", "em", "average", "average"], None, network=True),
+        history=_history(covariances, ["train", "train", "train", "em", "average", "average"], 1.0, network=True),
         converged=False,
+        nobs=24,
         messages=["Early stopping did not trigger within 3 epochs (patience 10); the best epoch's network is used."],
         epochs=6,
         best_epoch=2,

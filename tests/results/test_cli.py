@@ -39,7 +39,7 @@ def test_fit_prints_summary_and_writes_a_loadable_model(fitted) -> None:
     folder, model, out = fitted
     assert "Family: binomial  ( logit )" in out and f"saved to {model}" in out
     result = gf.load(model)
-    assert result.nobs == 300 and result.state.config.seed == 1 and result.state.config.average_epochs == 2
+    assert result.nobs == 300 and result.state.config.runtime.seed == 1 and result.state.config.convergence.average_epochs == 2
 
 
 def test_summary_prints_the_saved_summary(fitted, capsys) -> None:
@@ -90,7 +90,7 @@ def test_predict_reads_parquet(fitted, capsys) -> None:
         (["fit", "y ~ x0 + + (1 | g0)", "{train}", "-o", "{folder}/m.gmenn"], "error: "),
         (["fit", "y ~ nothere + (1 | g0)", "{train}", "-o", "{folder}/m.gmenn"], "error: Column 'nothere' used in the fixed part is not in the data."),
         (["fit", FORMULA, "{folder}/train.txt", "-o", "{folder}/m.gmenn"], "error: Cannot read"),
-        (["fit", FORMULA, "{folder}/absent.csv", "-o", "{folder}/m.gmenn"], "error: Cannot read"),
+        (["fit", FORMULA, "{folder}/absent.csv", "-o", "{folder}/m.gmenn"], "error: No data file at"),
         (["summary", "{train}"], "error: {train} is not a readable gmenn model file"),
         (["predict", "{model}", "{folder}/new.csv", "-o", "{folder}/p.csv", "--no-new-levels"], "error: 5 row(s) of the new data have levels of 'g0' unseen"),
     ],

@@ -16,15 +16,14 @@ from scipy.stats import multivariate_normal
 
 import gmenn_formula as gf
 from gmenn_formula.errors import DataError, NoTrainingDataError
-from gmenn_formula.families import get_family
 from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.results.likelihood import LogLik, count_parameters
 from gmenn_formula.results.result import GmennResult
+from gmenn_formula.results.state import FitState
 from gmenn_formula.training.config import FitConfig
-from gmenn_formula.training.em import FitState
 
 
-def handmade(formula, data, family, beta, covariances, dispersion=None, moments=None) -> GmennResult:
+def handmade(formula, data, family, beta, covariances, dispersion=1.0, moments=None) -> GmennResult:
     """A fit with given parameters (one output); ``moments``: per term (mean, sd) of shape (q, p, 1)."""
     design = gf.design(formula, data, family=family)
     model = FixedPart([], len(beta), 1)
@@ -37,20 +36,20 @@ def handmade(formula, data, family, beta, covariances, dispersion=None, moments=
             for r, S in zip(design.random, covariances)
         ]
     state = FitState(
-        family=get_family(family),
         num_outputs=1,
         model=model.eval(),
         fixed_names=design.fixed_names,
         covariances=covariances,
         covariance_se=[np.zeros_like(S) for S in covariances],
         dispersion=dispersion,
-        dispersion_se=None,
+        dispersion_se=0.0,
         effect_mean=[m for m, _ in moments],
         effect_sd=[s for _, s in moments],
         draws=[np.zeros((0, *m.shape), np.float32) for m, _ in moments],
         history=[],
         converged=True,
-        config=FitConfig(verbose=0),
+        nobs=design.num_rows,
+        config=FitConfig.from_control(verbose=0),
     )
     return GmennResult(design, state)
 

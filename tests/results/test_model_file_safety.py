@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 import gmenn_formula as gf
 from gmenn_formula.design import columns
 from gmenn_formula.errors import GmennError, ModelFileError
-from gmenn_formula.results import spec_json
+from gmenn_formula.design import spec_json
 from gmenn_formula.results.io import ARRAYS, META
-from gmenn_formula.results.spec_json import spec_from_json, spec_to_json
+from gmenn_formula.design.spec_json import spec_from_json, spec_to_json
 
 
 class _Payload:
@@ -156,7 +156,7 @@ META_EDITS = {
     "unknown family": (_set(["spec", "family"], "weibull"), "unknown family 'weibull'"),
     "zero dispersion": (_set(["fit", "dispersion"], 0.0), "residual variance 0.0 does not suit"),
     "negative dispersion": (_set(["fit", "dispersion"], -3.0), "residual variance -3.0 does not suit"),
-    "no dispersion": (_set(["fit", "dispersion"], None), "residual variance None does not suit"),
+    "no dispersion": (_set(["fit", "dispersion"], None), "dispersion is None, not of the kind"),
     "outputs": (_set(["fit", "num_outputs"], 3), "3 outputs, but a gaussian model"),
     "fixed names": (_set(["fit", "fixed_names"], ["(Intercept)"]), "fixed effects are saved as"),
     "grouping columns": (_set(["spec", "grouping", 0, "columns"], ["days"]), "grouping factor of .* is saved as"),
@@ -239,7 +239,8 @@ def test_random_edits_never_run_code_or_raise_a_raw_error(data, glmm_result, tmp
             loaded = gf.load(_write(path, meta, members))
         except GmennError:
             loaded = None
-        if loaded is not None:  # an edit the file survives (a label, a number in the history) still predicts
+        if loaded is not None:  # an edit the file survives (a label, a number in the history) still works
             new = pd.DataFrame({"days": [0.0, 1.0], "subject": ["s1", "s9"]})
             assert np.isfinite(loaded.predict(new)).all()
+            str(loaded.summary()), loaded.varcorr(), loaded.history, loaded.ranef()
     assert not marker.exists()

@@ -21,8 +21,8 @@ from gmenn_formula.mstep.step import (
     train_epoch,
     variance_statistics,
 )
-from gmenn_formula.simulation import simulate
-from gmenn_formula.training.em import fit_design
+from gmenn_formula.simulation import paper_scenario
+from gmenn_formula.training.fit import fit_design
 
 
 def _rows(n: int = 60, c: int = 3, seed: int = 0) -> tuple[Rows, tuple[torch.Tensor, ...]]:
@@ -71,11 +71,11 @@ def test_parameter_expansion_reaches_a_boundary_variance_in_few_epochs():
     """Truth 1e-4 for g0: plain MCEM shrinks it geometrically (900 epochs at 20,000 rows) and is
     still far from 0 when its steps fall below the Monte Carlo noise; the expanded M-step settles
     within a few windows and reads it near 0."""
-    sim = simulate(rows=6000, features=2, family="gaussian", nonlinear=False, levels=(300, 300), variances=(1e-4, 0.5), seed=3)
+    sim = paper_scenario(rows=6000, features=2, family="gaussian", nonlinear=False, levels=(300, 300), variances=(1e-4, 0.5), seed=3)
     design = gf.design(sim.formula, sim.data, family="gaussian")
-    expanded = fit_design(design, gf.FitConfig(verbose=0, epochs=150, max_average_epochs=40))
-    plain = fit_design(design, gf.FitConfig(verbose=0, epochs=150, max_average_epochs=40, parameter_expansion=False))
-    em_epochs = [sum(h["phase"] == "em" for h in fit.history) for fit in (expanded, plain)]
+    expanded = fit_design(design, gf.FitConfig.from_control(verbose=0, epochs=150, max_average_epochs=40))
+    plain = fit_design(design, gf.FitConfig.from_control(verbose=0, epochs=150, max_average_epochs=40, parameter_expansion=False))
+    em_epochs = [sum(h.phase == "em" for h in fit.history) for fit in (expanded, plain)]
     print("EM epochs with and without expansion:", em_epochs, "g0 variances:", expanded.covariances[0], plain.covariances[0])
     assert em_epochs[0] < 60
     assert expanded.covariances[0][0, 0, 0] < 0.005 and plain.covariances[0][0, 0, 0] > 3 * expanded.covariances[0][0, 0, 0]
@@ -84,17 +84,17 @@ def test_parameter_expansion_reaches_a_boundary_variance_in_few_epochs():
 
 def test_burn_in_must_leave_a_kept_training_draw():
     with pytest.raises(ControlError, match="burn_in"):
-        gf.FitConfig(training_draws=2, burn_in=2)
-    assert np.isclose(gf.FitConfig().training_draws, 2)
+        gf.FitConfig.from_control(training_draws=2, burn_in=2)
+    assert np.isclose(gf.FitConfig().estep.training_draws, 2)
 
 
 def test_stored_draws_are_thinned_evenly_across_the_whole_phase():
-    from gmenn_formula.training.em import _EffectMoments
+    from gmenn_formula.training.variance import EffectMoments
 
-    moments = _EffectMoments([(1, 1, 1)], max_draws=8)
+    moments = EffectMoments([(1, 1, 1)], max_draws=8)
     for epoch in range(20):
         moments.add((np.arange(3 * epoch, 3 * epoch + 3, dtype=float).reshape(3, 1, 1, 1),))
-    kept = [float(d.ravel()[0]) for d in moments.draws([(1, 1, 1)])[0]]
+    kept = [float(d.ravel()[0]) for d in moments.draws()[0]]
     assert kept == [0.0, 16.0, 32.0, 48.0]
     assert float(moments.mean()[0].ravel()[0]) == np.arange(60).mean()
 

@@ -10,14 +10,14 @@ import torch
 
 import gmenn_formula as gf
 from gmenn_formula.estep.driver import EStep
-from gmenn_formula.simulation import simulate
+from gmenn_formula.simulation import paper_scenario
 
-TINY = dict(epochs=4, patience=4, final_epochs=3, average_epochs=2, max_average_epochs=2, verbose=0)
+TINY = dict(epochs=4, patience=4, final_epochs=3, average_epochs=2, max_average_epochs=2, verbose=0, sampler="whitened")
 
 
 @pytest.fixture(scope="module")
 def data():
-    return simulate(rows=600, features=3, levels=(20,), variances=(0.5,), family="gaussian", seed=4).data
+    return paper_scenario(rows=600, features=3, levels=(20,), variances=(0.5,), family="gaussian", seed=4).data
 
 
 @pytest.fixture

@@ -33,12 +33,12 @@ from formulae.categorical import CategoricalBox
 from formulae.terms.call import Call
 from formulae.terms.call_resolver import LazyCall, LazyOperator
 
-from gmenn_formula.design import FAMILIES, DesignSpec, RandomSpec
 from gmenn_formula.design.columns import ParametricBlock, block_formula, build_matrix, component_variables, variables
 from gmenn_formula.design.grouping import GroupingFactor
 from gmenn_formula.design.response import ResponseCoder
-from gmenn_formula.design.spec import block_exprs, is_column_term
+from gmenn_formula.design.spec import DesignSpec, NetworkSpec, RandomSpec, block_exprs, is_column_term
 from gmenn_formula.errors import ModelFileError, UnsupportedSaveError
+from gmenn_formula.families import FAMILIES, get_family
 from gmenn_formula.formula import parse
 
 PROBE_ROWS = 8
@@ -216,6 +216,8 @@ def _block_from_json(data: dict, exprs: tuple[str, ...], intercept: bool, role: 
     if data["formula"] != formula:
         raise ModelFileError(f"the {role} is saved as {data['formula']!r}, but the model formula makes it {formula!r}")
     names = tuple(data["names"])
+    if not all(isinstance(name, str) for name in names):
+        raise ModelFileError(f"the {role}'s column names must be text, not {data['names']!r}")
     if data["components"] is None:
         if names or (exprs or intercept):
             raise ModelFileError(f"the {role} ({formula!r}) is saved without its columns")
@@ -248,8 +250,7 @@ def _block_roles(formula) -> list[str]:
 
 def _blocks(spec: DesignSpec) -> list[tuple[str, ParametricBlock]]:
     """Every parametric block of a spec with its role, in a fixed order."""
-    blocks = [spec.fixed, *spec.offsets, *spec.networks, *(part.slopes for part in spec.random)]
-    return list(zip(_block_roles(spec.formula), blocks))
+    return list(zip(_block_roles(spec.formula), spec._blocks()))
 
 
 # -- the spec -------------------------------------------------------------------------
@@ -258,9 +259,9 @@ def spec_to_json(spec: DesignSpec) -> dict:
     response = spec.response
     return {
         "formula": str(spec.formula),
-        "family": spec.family,
+        "family": spec.family.name,
         "response": {"family": response.family, "name": response.name, "classes": encode_value(response.classes, "The response classes")},
-        "network_inputs": [list(inputs) for inputs in spec.network_inputs],
+        "network_inputs": [list(net.inputs) for net in spec.networks],
         "grouping": [
             {"columns": list(part.factor.columns), "levels": _index_to_json(part.factor.levels, f"Grouping factor {part.factor.name!r}")}
             for part in spec.random
@@ -305,12 +306,11 @@ def spec_from_json(data: dict) -> DesignSpec:
     )
     return DesignSpec(
         formula=formula,
-        family=family,
+        family=get_family(family),
         response=ResponseCoder(family, response["name"], classes),
         fixed=blocks[0],
         offsets=offsets,
-        networks=networks,
-        network_inputs=network_inputs,
+        networks=tuple(NetworkSpec(term, inputs, block) for term, inputs, block in zip(formula.networks, network_inputs, networks)),
         random=random,
     )
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gmenn_formula as gf
-from gmenn_formula.simulation import simulate
+from gmenn_formula.simulation import paper_scenario
 
 
 def variance_errors(fit, truth: np.ndarray) -> np.ndarray:
@@ -30,7 +30,7 @@ def variance_errors(fit, truth: np.ndarray) -> np.ndarray:
     ],
 )
 def test_glmm_recovers_variances(family, levels, variances, rows):
-    sim = simulate(rows=rows, features=3, levels=levels, variances=variances, family=family, nonlinear=False, seed=11)
+    sim = paper_scenario(rows=rows, features=3, levels=levels, variances=variances, family=family, nonlinear=False, seed=11)
     fit = gf.gmenn(sim.formula, sim.data, family=family, verbose=0)
     errors = variance_errors(fit, sim.variances)
     print(family, "variance errors", errors)
@@ -42,7 +42,7 @@ def test_glmm_recovers_variances(family, levels, variances, rows):
 @pytest.mark.slow
 def test_categorical_three_crossed_factors_per_class_variances():
     """Three crossed factors of ~1,000 levels; the middle one has per-class variances."""
-    sim = simulate(
+    sim = paper_scenario(
         rows=30_000,
         features=3,
         classes=3,
@@ -67,7 +67,7 @@ def held_out_nll(fit, test) -> float:
 
 
 def test_network_beats_linear_fixed_part_on_nonlinear_data():
-    sim = simulate(rows=5000, features=4, levels=(50,), variances=(0.5,), family="gaussian", noise_variance=0.25, seed=2)
+    sim = paper_scenario(rows=5000, features=4, levels=(50,), variances=(0.5,), family="gaussian", noise_variance=0.25, seed=2)
     train, test = sim.data.iloc[:4000], sim.data.iloc[4000:]
     inputs = " + ".join(f"x{j}" for j in range(4))
     control = dict(epochs=40, patience=5, final_epochs=20, average_epochs=10, max_average_epochs=10, verbose=0, seed=1)

@@ -7,14 +7,14 @@ import torch
 
 import gmenn_formula as gf
 from gmenn_formula.errors import ModelSpecificationError, NetworkError
-from gmenn_formula.simulation import simulate
+from gmenn_formula.simulation import paper_scenario
 
 TINY = dict(epochs=3, patience=2, final_epochs=3, average_epochs=2, max_average_epochs=2, verbose=0)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return simulate(rows=600, features=3, levels=(20,), variances=(0.5,), family="gaussian", seed=4).data
+    return paper_scenario(rows=600, features=3, levels=(20,), variances=(0.5,), family="gaussian", seed=4).data
 
 
 def test_user_module_and_factory(data):
@@ -75,9 +75,9 @@ def test_two_terms_on_one_factor_keep_separate_ranef_tables(data):
 
 
 def test_network_spec_from_term_reads_the_nn_options():
-    from gmenn_formula.mstep.networks import NetworkSpec
+    from gmenn_formula.mstep.networks import NetworkOptions
 
     (term,) = gf.parse("y ~ nn(x0 + x1, hidden=[7, 5], dropout=0.5, activation='tanh', net='mine') + (1 | g0)").networks
-    assert NetworkSpec.from_term(term) == NetworkSpec((7, 5), 0.5, "tanh", "mine")
+    assert NetworkOptions.from_term(term) == NetworkOptions((7, 5), 0.5, "tanh", "mine")
     (default,) = gf.parse("y ~ nn(x0) + (1 | g0)").networks
-    assert NetworkSpec.from_term(default) == NetworkSpec()
+    assert NetworkOptions.from_term(default) == NetworkOptions()

@@ -1,0 +1,56 @@
+"""Process-wide settings of JAX and XLA for the E-step, made in one place before JAX starts.
+
+:func:`configure_jax` runs when the first E-step is built (nothing in the package
+starts JAX's backend before that). It sets:
+
+- ``XLA_PYTHON_CLIENT_PREALLOCATE=false``: JAX would take 75% of a GPU's memory when
+  its backend starts, and torch trains the network on the same GPU;
+- XLA's flags: the user's, less the ``--xla_force_host_platform_device_count=100`` that
+  importing ``pymc.sampling.jax`` adds (it serves PyMC's own multi-chain sampler, which
+  the E-step does not use), plus ``--xla_cpu_enable_concurrency_optimized_scheduler=false``
+  (an early suspect of the E-step deadlock, see docs/engine.md, "XLA on the CPU") and an
+  empty ``--xla_cpu_experimental_ynn_fusion_type=``: jaxlib 0.10 hands fusions to the
+  YNNPACK library, whose code for the E-step's reductions over a few classes ran 3-5x
+  slower than XLA's own loops (a NUTS leapfrog step of the base scenario at 20,000 rows:
+  3.4 ms with it, 0.9 ms without);
+- ``jax_enable_x64`` off: importing PyTensor's JAX backend switches it on when PyTensor's
+  floatX is float64, and the E-step runs in float32;
+- PyTensor's "Explicitly requested dtype" warnings off: its graphs cast to float64/int64
+  in places, which JAX truncates to float32/int32 as intended.
+
+A value the user set (an environment variable, a flag in ``XLA_FLAGS``) wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+"""XLA_FLAGS as the process had them before the E-step's imports (PyMC's among them) changed them."""
+XLA_CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+XLA_DEFAULT_FLAGS = (
+    XLA_CPU_SCHEDULER_FLAG,
+    "--xla_cpu_experimental_ynn_fusion_type=",
+)
+"""Flags the E-step runs with unless the user chose a value (see the module docstring)."""
+_DEVICE_COUNT = re.compile(r"--xla_force_host_platform_device_count=\S+")
+
+
+def xla_flags(user_flags: str, current_flags: str) -> str:
+    """The XLA flags to run with: ``current_flags`` with only the device count the user set (if any),
+    plus each of :data:`XLA_DEFAULT_FLAGS` whose name the user did not set."""
+    flags = [_DEVICE_COUNT.sub("", current_flags), *_DEVICE_COUNT.findall(user_flags)]
+    flags += [flag for flag in XLA_DEFAULT_FLAGS if flag.split("=")[0] not in current_flags]
+    return " ".join(" ".join(flags).split())
+
+
+def configure_jax() -> None:
+    """Apply the settings above (idempotent; effective while JAX's backend has not started)."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ["XLA_FLAGS"] = xla_flags(USER_XLA_FLAGS, os.environ.get("XLA_FLAGS", ""))
+    import jax
+
+    jax.config.update("jax_enable_x64", False)
+    warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)", category=UserWarning)

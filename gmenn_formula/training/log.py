@@ -1,0 +1,57 @@
+"""The epoch log: one :class:`~gmenn_formula.results.state.EpochRecord` per EM epoch,
+passed on to a progress callback as it is written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from gmenn_formula.estep.arrays import EpochDraws
+from gmenn_formula.results.state import EpochRecord
+
+
+class EpochLog:
+    """The records of one fit, in order; ``progress`` (if given) sees each one."""
+
+    def __init__(self, progress: Callable[[EpochRecord], None] | None = None) -> None:
+        self.records: list[EpochRecord] = []
+        self.progress = progress
+
+    @property
+    def last_epoch(self) -> int:
+        return self.records[-1].epoch if self.records else 0
+
+    def add(
+        self,
+        phase: str,
+        covariances: list[np.ndarray],
+        dispersion: float,
+        draws: EpochDraws,
+        estep_seconds: float,
+        mstep_seconds: float,
+        seconds: float | None = None,
+        loss: float | None = None,
+        validation_loss: float | None = None,
+    ) -> EpochRecord:
+        """Write the next epoch's record; ``seconds`` defaults to the sum of the two parts."""
+        info = draws.info
+        record = EpochRecord(
+            epoch=self.last_epoch + 1,
+            phase=phase,
+            seconds=estep_seconds + mstep_seconds if seconds is None else seconds,
+            estep_seconds=estep_seconds,
+            mstep_seconds=mstep_seconds,
+            covariances=tuple(S.copy() for S in covariances),
+            dispersion=float(dispersion),
+            acceptance=float(info.mean_acceptance),
+            step_size=float(info.step_size),
+            leapfrog_steps=float(info.mean_leapfrog_steps),
+            divergences=int(info.num_divergences),
+            loss=None if loss is None else float(loss),
+            validation_loss=None if validation_loss is None else float(validation_loss),
+        )
+        self.records.append(record)
+        if self.progress is not None:
+            self.progress(record)
+        return record

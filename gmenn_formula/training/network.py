@@ -1,0 +1,135 @@
+"""The schedule of a fit with ``nn()`` terms.
+
+Training (phase ``train``): every epoch draws the random effects given the
+network as it stands (on a worker thread beside the previous epoch's minibatches
+when ``overlap_estep``), updates the covariances from the draws on the training
+rows, and trains the network for one pass of minibatches on the paper's loss;
+early stopping on the validation rows' loss, with the effects the validation
+loss uses a moving average of the epochs' draw means. Then the best epoch's
+network is frozen and the variance components and effects are estimated on all
+rows (:class:`~gmenn_formula.training.phases.VariancePhases`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from gmenn_formula.errors import ConvergenceError
+from gmenn_formula.mstep.networks import FixedPart
+from gmenn_formula.mstep.step import Rows, expected_nll, random_part, train_epoch
+from gmenn_formula.training.config import FitConfig
+from gmenn_formula.training.log import EpochLog
+from gmenn_formula.training.overlap import DrawAhead, TrainingEStep, torch_threads_beside
+from gmenn_formula.training.phases import VariancePhases
+from gmenn_formula.training.problem import EMProblem
+from gmenn_formula.training.variance import initial_dispersion, make_estep, predict_fixed, sampler_config
+
+VALIDATION_SMOOTHING = 0.2
+"""Weight of the newest epoch's draw mean in the effects the validation loss uses (an
+exponential moving average, a window of ~5 epochs; the running mean over the first epochs)."""
+
+
+@dataclass
+class EarlyStopping:
+    """The best epoch so far by validation loss, and the epochs waited since."""
+
+    patience: int
+    loss: float = math.inf
+    epoch: int = 0
+    weights: dict | None = None
+    covariances: list[np.ndarray] = field(default_factory=list)
+    dispersion: float = 1.0
+    waited: int = 0
+
+    def update(self, epoch: int, loss: float, model: FixedPart, covariances: list[np.ndarray], dispersion: float) -> bool:
+        """Record epoch ``epoch``; True when patience has run out."""
+        if loss < self.loss:
+            self.loss, self.epoch, self.waited = loss, epoch, 0
+            self.weights = copy.deepcopy(model.state_dict())
+            self.covariances, self.dispersion = [S.copy() for S in covariances], dispersion
+            return False
+        self.waited += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        return self.waited >= self.patience
+
+
+def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: EpochLog, rng: np.random.Generator, generator: torch.Generator) -> tuple[VariancePhases, EarlyStopping]:
+    """Train the network with early stopping, then estimate the variances on all rows with it frozen.
+    Returns the finished variance phases and the early-stopping record."""
+    training, estimation = config.training, config.estep
+    order = rng.permutation(problem.num_rows)
+    num_validation = max(1, int(round(training.validation_fraction * len(order))))
+    validation, train_index = np.sort(order[:num_validation]), np.sort(order[num_validation:])
+    index = torch.as_tensor(train_index, device=problem.device)
+    train_rows, val_rows = problem.rows.take(index), problem.rows.take(torch.as_tensor(validation, device=problem.device))
+    dispersion, scale = initial_dispersion(problem, model, train_rows)
+    covariances = problem.initial_covariances(scale)
+    # One E-step for both phases: compiled on all rows, conditioned on the training rows while the network
+    # trains (validation rows weigh 0), in chunks that make both phases' K.
+    weights = np.zeros(problem.num_rows)
+    weights[train_index] = 1.0
+    chunk = math.gcd(estimation.training_draws, estimation.draws)
+    estep = make_estep(problem, config, sampler_config(problem, config, chunk, variances=False), weights)
+    make_inputs = TrainingEStep(
+        problem, estep, index, train_rows, estimation.training_draws, estimation.burn_in,
+        training.penalty_for(True), config.convergence.parameter_expansion,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
+    stopping = EarlyStopping(training.patience)
+    center: tuple[torch.Tensor, ...] = ()
+    ahead = DrawAhead() if training.overlap_estep else None
+    epoch = 0
+    with torch_threads_beside(ahead, problem.device):
+        for epoch in range(1, training.max_epochs(True) + 1):
+            started = time.perf_counter()
+            if ahead is not None and ahead.pending:
+                inputs, waited = ahead.take()
+            else:
+                inputs = make_inputs(model, covariances, dispersion)
+                waited = inputs.seconds
+            covariances = inputs.covariances
+            if ahead is not None:
+                ahead.submit(make_inputs, model, covariances, inputs.dispersion)
+            loss = train_epoch(model, optimizer, problem.family, train_rows, inputs.offsets, dispersion, training.batch_size, generator)
+            dispersion = inputs.dispersion
+            means = tuple(B.mean(0, keepdim=True) for B in inputs.effects)
+            weight = max(1.0 / epoch, VALIDATION_SMOOTHING)
+            center = tuple((1 - weight) * old + weight * new for old, new in zip(center, means)) if center else means
+            val_loss = _validation_loss(problem, model, val_rows, center, dispersion)
+            seconds = time.perf_counter() - started
+            log.add("train", covariances, dispersion, inputs.draws, inputs.seconds, seconds - waited, seconds, loss, val_loss)
+            if stopping.update(epoch, val_loss, model, covariances, dispersion):
+                break
+        if ahead is not None:
+            ahead.close()
+    if stopping.weights is None:
+        raise ConvergenceError(
+            f"The validation loss was never finite in {epoch} epochs; the network diverged. "
+            "Lower learning_rate= or check the network and the inputs."
+        )
+    model.load_state_dict(stopping.weights)
+    estep.set_weights(np.ones(problem.num_rows))
+    estep.use_sampler(sampler_config(problem, config, chunk, variances=True))
+    phases = VariancePhases(problem, model, estep, config, log, stopping.covariances, stopping.dispersion, fit_beta=False)
+    if not stopping.stopped:
+        phases.messages.append(
+            f"Early stopping did not trigger within {epoch} epochs (patience {training.patience}); "
+            "the best epoch's network is used. Increase epochs= for a longer fit."
+        )
+    phases.em(config.convergence.final_epochs, settle=False)
+    phases.average()
+    return phases, stopping
+
+
+def _validation_loss(problem: EMProblem, model: FixedPart, rows: Rows, center: tuple[torch.Tensor, ...], dispersion: float) -> float:
+    F = predict_fixed(model, rows)
+    return float(expected_nll(problem.family, F, random_part(center, rows), rows, dispersion)) / len(rows)

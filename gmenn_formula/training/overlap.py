@@ -1,0 +1,115 @@
+"""The next epoch's E-step on a worker thread, beside this epoch's M-step (``overlap_estep``).
+
+While the network trains on epoch t's draws, the worker computes F_t from a copy of
+the network as it was at the start of epoch t, draws epoch t + 1's effects given F_t
+and the covariances set from epoch t's draws, sets the covariances from them (the
+parameter-expanded M-step) and computes their loss offsets; the draws are thus one
+epoch old in F when a minibatch uses them. JAX and torch release the GIL while they
+compute, so the worker and the minibatch steps share the machine. One E-step is in
+flight at a time, so the sampler's chain stays one chain. Measurements: docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gmenn_formula.estep.arrays import EffectSampler, EpochDraws
+from gmenn_formula.mstep.networks import FixedPart
+from gmenn_formula.mstep.step import DrawOffsets, Rows
+from gmenn_formula.training.problem import EMProblem
+from gmenn_formula.training.variance import predict_fixed, timed_draw, variance_update
+
+
+@dataclass(frozen=True)
+class EpochInputs:
+    """What a training epoch needs from its E-step: the ``draws``, their loss ``offsets``, the
+    (expanded) ``effects`` and the ``covariances`` and ``dispersion`` set from them, and the
+    sampler's wall ``seconds``."""
+
+    draws: EpochDraws
+    offsets: DrawOffsets
+    effects: tuple[torch.Tensor, ...]
+    covariances: list[np.ndarray]
+    dispersion: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainingEStep:
+    """The E-step of a training epoch and the variance M-step that follows it: F on all
+    rows (the E-step is compiled for all of them and weights the held-out ones 0), K
+    draws, the covariance and dispersion M-step on the training rows ``train_rows``
+    (positions ``training``, (n_t,) long) and the draws' loss offsets with the paper's
+    ``penalty``.
+    All of it can run on the worker thread beside the network's M-step."""
+
+    problem: EMProblem
+    estep: EffectSampler
+    training: torch.Tensor
+    train_rows: Rows
+    num_draws: int
+    burn_in: int
+    penalty: float
+    expand: bool
+
+    def __call__(self, model: FixedPart, covariances: list[np.ndarray], dispersion: float) -> EpochInputs:
+        F = predict_fixed(model, self.problem.rows)
+        draws, seconds = timed_draw(self.estep, F, covariances, dispersion, self.num_draws, self.burn_in)
+        effects = tuple(torch.as_tensor(B, device=F.device) for B in draws.effects)
+        offsets = DrawOffsets.from_draws(effects, self.train_rows, self.penalty)
+        expanded, new_covariances, new_dispersion = variance_update(
+            self.problem, draws, F[self.training], self.train_rows, covariances, dispersion, self.expand
+        )
+        return EpochInputs(draws, offsets, expanded, new_covariances, new_dispersion, seconds)
+
+
+class DrawAhead:
+    """A worker thread that computes the next epoch's :class:`EpochInputs` while this epoch trains."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmenn-estep")
+        self.future: Future | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.future is not None
+
+    def submit(self, inputs: TrainingEStep, model: FixedPart, covariances: list[np.ndarray], dispersion: float) -> None:
+        """Start the next epoch's inputs from a copy of ``model`` as it is now."""
+        self.future = self.executor.submit(inputs, copy.deepcopy(model), covariances, dispersion)
+
+    def take(self) -> tuple[EpochInputs, float]:
+        """The pending inputs and the seconds waited for them."""
+        started = time.perf_counter()
+        inputs = self.future.result()
+        self.future = None
+        return inputs, time.perf_counter() - started
+
+    def close(self) -> None:
+        """Wait for a pending E-step (it advances the chain the final phase continues) and stop the worker."""
+        if self.future is not None:
+            self.future.result()
+            self.future = None
+        self.executor.shutdown()
+
+
+@contextmanager
+def torch_threads_beside(ahead: DrawAhead | None, device: torch.device):
+    """While the E-step runs beside a CPU M-step, torch uses one thread fewer: its OpenMP
+    threads slow 10-50x when they find their core taken."""
+    threads = torch.get_num_threads()
+    reduce = ahead is not None and device.type == "cpu" and threads > 1
+    if reduce:
+        torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        if reduce:
+            torch.set_num_threads(threads)

@@ -1,0 +1,167 @@
+"""One E-step and the variance M-step that follows it.
+
+The E-step draws the random effects given the fixed part's output F (n, c) and
+the current covariances; the variance M-step sets every covariance (c, p, p)
+to the draws' second moments (Rao-Blackwellised where a closed form exists),
+optionally parameter-expanded, and the gaussian residual variance to the mean
+squared residual. :class:`EffectMoments` accumulates the draws that the results
+report (posterior means, sds and a thinned store).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from gmenn_formula.estep.arrays import EpochDraws
+from gmenn_formula.estep.arrays import EffectSampler, SamplerConfig
+from gmenn_formula.estep.gaussian import GaussianEStep
+from gmenn_formula.mstep.networks import FixedPart
+from gmenn_formula.mstep.step import (
+    Rows,
+    expand_effects,
+    expand_second_moments,
+    expansion_maps,
+    GaussianConditionals,
+    random_part,
+    residual_variance,
+    softmax_second_moments,
+    variance_statistics,
+)
+from gmenn_formula.training.config import FitConfig
+from gmenn_formula.training.problem import EMProblem
+
+MAX_STORED_DRAW_BYTES = 200 * 2**20
+"""Cap on the memory of stored final-phase draws (for ranef sds and InferenceData)."""
+
+
+def predict_fixed(model: FixedPart, rows: Rows) -> torch.Tensor:
+    """The fixed part's output F (n, c) on ``rows``, in eval mode, without gradient."""
+    model.eval()
+    with torch.no_grad():
+        return model(list(rows.X_networks), rows.X_fixed, rows.offset)
+
+
+def initial_dispersion(problem: EMProblem, model: FixedPart, rows: Rows) -> tuple[float, float]:
+    """(dispersion, covariance scale) to start EM from: half the mean squared residual of the
+    fixed part on ``rows`` and that residual for gaussian; 1.0 and 1.0 otherwise."""
+    if not problem.family.has_dispersion:
+        return 1.0, 1.0
+    F = predict_fixed(model, rows)
+    residual = float(((rows.y - F[:, 0]) ** 2).mean())
+    return residual / 2, residual
+
+
+def sampler_config(problem: EMProblem, config: FitConfig, chunk: int, variances: bool) -> SamplerConfig:
+    """NUTS settings for chunks of ``chunk`` draws that set reported ``variances`` or feed a network's
+    loss (the gaussian E-step ignores them)."""
+    kind = config.estep.kind(problem.family.has_dispersion)
+    depth = config.estep.tree_depth(variances, exact_moments=problem.family.has_dispersion)
+    return SamplerConfig(kind="whitened" if kind == "exact" else kind, num_draws=chunk, burn_in=0, max_tree_depth=depth)
+
+
+def make_estep(problem: EMProblem, config: FitConfig, sampler: SamplerConfig, weights: np.ndarray) -> EffectSampler:
+    """The E-step on all fitting rows, ``weights`` (n,) 1 for the rows the draws condition on: exact
+    block Gibbs in torch for gaussian models (``sampler`` "auto" or "exact"), else NUTS on the PyMC
+    model compiled to JAX (imported here, so gaussian fits never load PyMC or JAX)."""
+    seed = config.runtime.seed
+    if config.estep.kind(problem.family.has_dispersion) == "exact":
+        return GaussianEStep(problem.terms, problem.y, weights, seed, problem.device)
+    from gmenn_formula.estep.driver import EStep
+
+    return EStep(problem.family, problem.terms, problem.y, problem.trials, weights, problem.num_outputs, sampler, seed)
+
+
+def timed_draw(estep: EffectSampler, F: torch.Tensor, covariances: list[np.ndarray], dispersion: float, draws: int, burn_in: int) -> tuple[EpochDraws, float]:
+    """One E-step of K = ``draws`` (R = ``burn_in`` dropped) given F (n, c), and its wall seconds."""
+    started = time.perf_counter()
+    result = estep.draw(F.cpu().numpy(), covariances, dispersion, draws, burn_in)
+    return result, time.perf_counter() - started
+
+
+def variance_update(
+    problem: EMProblem,
+    draws: EpochDraws,
+    F: torch.Tensor,
+    rows: Rows,
+    covariances: list[np.ndarray],
+    dispersion: float,
+    expand: bool,
+) -> tuple[tuple[torch.Tensor, ...], list[np.ndarray], float]:
+    """The covariance/dispersion M-step from ``draws`` (drawn given F (n, c) on ``rows``,
+    ``covariances`` and ``dispersion``). ``expand``: parameter-expanded (PX-EM; see
+    :func:`~gmenn_formula.mstep.step.expansion_maps`), and the returned effects are the
+    rescaled draws; for gaussian the last term's draws are its conditional means, see
+    :class:`~gmenn_formula.mstep.step.GaussianConditionals`). Returns the effects (m, q, p, c)
+    per term, the covariances, the dispersion (1.0 without one)."""
+    family = problem.family
+    effects = tuple(torch.as_tensor(B, device=problem.device) for B in draws.effects)
+    current = [torch.as_tensor(S, device=problem.device) for S in covariances]
+    new_dispersion = 1.0
+    if family.has_dispersion:
+        conditionals = GaussianConditionals.of(effects, rows, F, current, dispersion)
+        statistics = conditionals.second_moments()
+        new_dispersion = conditionals.residual_variance(rows)
+        effects = conditionals.effects_with_last_mean(effects)
+    elif family.shift_invariant:
+        statistics = softmax_second_moments(effects, current)
+    else:
+        statistics = [variance_statistics(B) for B in effects]
+    if expand:
+        maps = expansion_maps(family, F, effects, rows, dispersion)
+        effects = expand_effects(effects, maps)
+        statistics = expand_second_moments(statistics, maps)
+        if family.has_dispersion:  # the last term is at its conditional mean: add back its spread, A V A'
+            A, V, ZtZ = maps[-1][:, :, 0].double(), conditionals.variances[-1], conditionals.ZtZ[-1]
+            spread = float(torch.einsum("qij,jk,qkl,il->", ZtZ, A, V, A)) / len(rows)
+            new_dispersion = residual_variance(F, random_part(effects, rows), rows) + spread
+    new_covariances = [_covariance(S, full) for S, full in zip(statistics, problem.correlated)]
+    return effects, new_covariances, new_dispersion
+
+
+def _covariance(statistic: torch.Tensor, full: bool) -> np.ndarray:
+    """Second moments (c, p, p) as a covariance: as they are, or their diagonal for ``||`` terms."""
+    S = statistic.cpu().numpy().astype(np.float64)
+    return S if full else np.stack([np.diag(np.diag(s)) for s in S])
+
+
+class EffectMoments:
+    """Running mean and sd of the draws (q, p, c) per term, and a store of at most
+    ``max_draws`` draws (None: 200, fewer where they would take more than
+    MAX_STORED_DRAW_BYTES) thinned evenly across the whole phase: every ``stride``-th
+    draw is kept, and when the store fills up every other stored draw is dropped
+    and the stride doubles."""
+
+    def __init__(self, shapes: list[tuple[int, ...]], max_draws: int | None = None) -> None:
+        self.shapes = shapes
+        self.count = 0
+        self.sum = [np.zeros(s) for s in shapes]
+        self.sum_sq = [np.zeros(s) for s in shapes]
+        self.stored: list[list[np.ndarray]] = [[] for _ in shapes]
+        size = sum(int(np.prod(s)) for s in shapes) * 4
+        self.max_draws = max(2, max_draws or min(200, MAX_STORED_DRAW_BYTES // max(size, 1)))
+        self.stride = 1
+
+    def add(self, effects: tuple[np.ndarray, ...]) -> None:
+        for index, B in enumerate(effects):
+            self.sum[index] += B.sum(0)
+            self.sum_sq[index] += (B.astype(np.float64) ** 2).sum(0)
+        for offset in range(effects[0].shape[0] if effects else 0):
+            if (self.count + offset) % self.stride == 0:
+                for index, B in enumerate(effects):
+                    self.stored[index].append(B[offset])
+                if len(self.stored[0]) >= self.max_draws:
+                    self.stored = [kept[::2] for kept in self.stored]
+                    self.stride *= 2
+        self.count += effects[0].shape[0] if effects else 0
+
+    def mean(self) -> list[np.ndarray]:
+        return [s / max(self.count, 1) for s in self.sum]
+
+    def sd(self) -> list[np.ndarray]:
+        return [np.sqrt(np.maximum(q / max(self.count, 1) - m**2, 0.0)) for q, m in zip(self.sum_sq, self.mean())]
+
+    def draws(self) -> list[np.ndarray]:
+        return [np.stack(d) if d else np.zeros((0, *s)) for d, s in zip(self.stored, self.shapes)]
