@@ -193,7 +193,7 @@ def run_one(scenario: Scenario, rows: int, seed: int, methods: tuple[str, ...], 
     """All methods on one scenario and seed. ``control``: settings passed to ``gf.gmenn`` besides seed and
     verbose=0 (empty by default, i.e. ``gf.FitConfig()``'s defaults: the same Adam rate, batch size, validation
     split, patience and epoch cap as the baselines)."""
-    sim = scenario.paper_scenario(rows, seed)
+    sim = scenario.simulate(rows, seed)
     order = np.random.default_rng(seed + 10_000).permutation(rows)
     num_test = round(TEST_FRACTION * rows)
     test, train = np.sort(order[:num_test]), np.sort(order[num_test:])

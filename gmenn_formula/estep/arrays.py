@@ -130,6 +130,10 @@ class EffectSampler(Protocol):
     def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
         """K = ``num_draws`` draws (the first R = ``burn_in`` dropped) given F (n, c) and per term covariances (c, p, p)."""
 
+    @property
+    def chunk(self) -> int:
+        """K of an epoch must be a multiple of this."""
+
     def set_weights(self, weights: np.ndarray) -> None:
         """Row weights (n,) of the following draws (0: held out)."""
 

@@ -87,6 +87,11 @@ class EStep:
 
         self._whitening = jax.jit(whitening)
 
+    @property
+    def chunk(self) -> int:
+        """The compiled number of draws: an epoch's K must be a multiple of it."""
+        return self.config.num_draws
+
     def use_sampler(self, config: sampler.SamplerConfig) -> None:
         """Draw with ``config`` from now on (same chunk, burn_in 0; e.g. another tree depth), the
         chain and its step size carrying on. A new configuration compiles the sampler once more."""
@@ -119,8 +124,8 @@ class EStep:
             self.state = self.state._replace(position=_approximate_posterior_draw(self.rng, whitening))
         self.cold = False
         chunks, infos = [], []
-        for _ in range(num_draws // chunk):
-            self.key, key = jax.random.split(self.key)
+        self.key, *keys = jax.random.split(self.key, num_draws // chunk + 1)
+        for key in keys:
             self.state, draws, info = sampler.sample_chunk(
                 key, self.state, self.compiled.logdensity, self.config, whitening, (params, self.data)
             )

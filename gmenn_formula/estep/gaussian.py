@@ -51,6 +51,9 @@ class GaussianEStep:
             for (q, p, _), codes, Z in zip(self.shapes, self.codes, self.Z)
         )
 
+    chunk = 1
+    """Any number of draws makes an epoch."""
+
     def use_sampler(self, config: SamplerConfig) -> None:
         """Nothing to change: the draws are exact (kept for the E-step interface)."""
 

@@ -7,7 +7,7 @@ and its terms, ``g|(Intercept)+x``, when a factor has several terms), with
 dims ``{name}_level``, ``{name}_term`` and, for the categorical family,
 ``class``. These are draws of the effects GIVEN the fitted covariances and
 fixed part (empirical Bayes), not a full posterior over the variances.
-Sample stats per draw come from the E-step epoch that produced it:
+Sample stats per draw come from the E-step epoch that produced it (``FitState.draw_epochs``):
 ``acceptance_rate``, ``step_size`` and ``n_steps`` (mean leapfrog steps of the
 epoch), ``epoch_divergences`` and ``epoch``.
 """
@@ -33,17 +33,12 @@ STATS = {
 
 
 def draw_epochs(result) -> np.ndarray:
-    """(s,) position in ``state.history`` of the epoch each stored draw comes from.
-
-    Draws are stored from the averaged epochs (phase "average"), ``draws -
-    burn_in`` per epoch, oldest first, capped at the stored count.
-    """
-    state, estep = result.state, result.state.config.estep
-    averaged = [i for i, record in enumerate(state.history) if record.phase == "average"]
+    """(s,) position in ``state.history`` of the epoch each stored draw comes from."""
+    state = result.state
     stored = state.draws[0].shape[0] if state.draws else 0
-    epochs = np.repeat(averaged, estep.draws - estep.burn_in)[:stored]
-    if len(epochs) != stored:
-        raise DataError(f"The fit stores {stored} draws but its history accounts for {len(epochs)}; the history does not match the draws.")
+    epochs = np.asarray(state.draw_epochs, dtype=np.int64) - 1
+    if len(epochs) != stored or (stored and not (0 <= epochs.min() and epochs.max() < len(state.history))):
+        raise DataError(f"The fit stores {stored} draws but records epochs for {len(epochs)}; the history does not match the draws.")
     return epochs
 
 

@@ -11,7 +11,9 @@ The file (``.gmenn`` by convention) is one zip archive, format version 1:
 - ``weights.safetensors``: the torch state of the fixed part (networks, beta).
 - ``arrays.safetensors``: per random-effect term l, ``covariances/l`` (c, p, p),
   ``covariance_se/l`` (c, p, p), ``effect_mean/l`` and ``effect_sd/l`` (q, p, c),
-  ``draws/l`` (s, q, p, c) and ``history_covariances/l`` (epochs, c, p, p).
+  ``draws/l`` (s, q, p, c) and ``history_covariances/l`` (epochs, c, p, p); ``draw_epochs``
+  (s,) the epoch of each stored draw (files of 0.1.0 have none: their draws come from the
+  averaged epochs in order).
 
 A model file is data. Loading reads JSON and safetensors only (no pickle);
 the formula is parsed, so it calls only the functions of
@@ -111,6 +113,7 @@ def write_model(path: Path, design: Design, state: FitState, scaled_residuals: p
     arrays = {f"{key}/{l}": np.ascontiguousarray(value) for key in _PER_TERM for l, value in enumerate(getattr(state, key))}
     for l in range(len(state.covariances)):
         arrays[f"history_covariances/{l}"] = np.stack([record.covariances[l] for record in state.history])
+    arrays["draw_epochs"] = np.asarray(state.draw_epochs, dtype=np.int64)
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state.model.state_dict().items()}
     _write_zip(
         path,
@@ -212,11 +215,13 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> S
     except ControlError as exc:
         raise ModelFileError(f"the saved fit settings are not valid: {exc}") from exc
     data = meta["data"]
+    draw_epochs = arrays["draw_epochs"] if "draw_epochs" in arrays else _legacy_draw_epochs(history, arrays["draws/0"].shape[0] if terms else 0, config)
     state = FitState(
         model=model.eval(),
         history=history,
         config=config,
         nobs=_count(data["nobs"], "nobs"),
+        draw_epochs=draw_epochs,
         **{key: [arrays[f"{key}/{l}"] for l in terms] for key in _PER_TERM},
         **fit,
     )
@@ -224,6 +229,12 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> S
     table = None if residuals is None else _residual_table(residuals)
     loglik = None if data.get("loglik") is None else _loglik(data["loglik"])
     return SavedModel(_structure(spec, _count(data["num_dropped"], "num_dropped")), state, table, loglik)
+
+
+def _legacy_draw_epochs(history: list[EpochRecord], stored: int, config: FitConfig) -> np.ndarray:
+    """The epochs of a 0.1.0 file's stored draws: the averaged epochs in order, K - R draws each."""
+    averaged = [record.epoch for record in history if record.phase == "average"]
+    return np.repeat(averaged, config.estep.draws - config.estep.burn_in)[:stored].astype(np.int64)
 
 
 def _count(value: object, what: str) -> int:
@@ -289,8 +300,12 @@ def _check_fit(spec: DesignSpec, fit: dict, arrays: dict, num_epochs: int) -> No
         q, p = part.factor.num_levels, len(part.slopes.names)
         expected |= {f"covariances/{l}": (c, p, p), f"covariance_se/{l}": (c, p, p), f"effect_mean/{l}": (q, p, c)}
         expected |= {f"effect_sd/{l}": (q, p, c), f"draws/{l}": (None, q, p, c), f"history_covariances/{l}": (num_epochs, c, p, p)}
-    if set(arrays) != set(expected):
+    if set(arrays) - {"draw_epochs"} != set(expected):
         raise ModelFileError(f"the saved arrays are {sorted(arrays)}, not {sorted(expected)}")
+    if "draw_epochs" in arrays:
+        epochs, stored = arrays["draw_epochs"], arrays["draws/0"].shape[0] if spec.random else 0
+        if epochs.shape != (stored,) or epochs.dtype.kind not in "iu" or (stored and not (1 <= epochs.min() and epochs.max() <= num_epochs)):
+            raise ModelFileError(f"the saved draw_epochs (shape {epochs.shape}) do not match the {stored} stored draws and {num_epochs} epochs")
     for key, shape in expected.items():
         array = arrays[key]
         if array.ndim != len(shape) or any(want is not None and have != want for have, want in zip(array.shape, shape)):

@@ -22,7 +22,8 @@ from gmenn_formula.training.config import FitConfig
 
 PHASES = ("train", "em", "average")
 """Epoch phases: the network trains (``train``); EM with the fixed part frozen or solved
-exactly (``em``); epochs averaged into the reported values (``average``)."""
+exactly (``em``); blocks of epochs at fixed parameters, each averaged into a Newton step, the
+last into the reported values (``average``)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class FitState:
     per random-effect term l: ``covariances[l]`` (c, p, p) and their Monte Carlo
     standard errors ``covariance_se[l]``; ``effect_mean[l]``/``effect_sd[l]`` (q, p, c)
     posterior means/sds of the effects; ``draws[l]`` (s, q, p, c) kept draws of the
-    final phase. ``dispersion`` the gaussian residual variance and its Monte Carlo
+    final phase and ``draw_epochs`` (s,) the epoch (1-based) each comes from. ``dispersion``
+    the gaussian residual variance and its Monte Carlo
     error ``dispersion_se`` (1.0 and 0.0 for the other families); ``nobs`` the rows
     fitted; ``history`` the epoch log; ``converged`` whether EM (and early stopping)
     ended by its own rule, ``messages`` why not; ``seconds`` the fit's wall time.
@@ -101,6 +103,7 @@ class FitState:
     history: list[EpochRecord]
     converged: bool
     nobs: int
+    draw_epochs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     messages: list[str] = field(default_factory=list)
     epochs: int = 0
     best_epoch: int | None = None

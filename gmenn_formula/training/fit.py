@@ -79,10 +79,9 @@ def fit_design(
 
 def _finish(problem: EMProblem, model: FixedPart, phases: VariancePhases, log: EpochLog, converged: bool, config: FitConfig, **extra) -> FitState:
     """The FitState of a finished fit: the averaged estimates and the effects' moments."""
-    covariances, covariance_se, dispersion, dispersion_se = phases.averager.result()
-    beta = phases.averager.reported()[2]
-    if beta is not None:
-        phases.set_beta(beta)
+    layout, result = phases.layout, phases.result
+    covariances, dispersion, _ = layout.unflatten(result.theta)
+    covariance_se, dispersion_se, _ = layout.unflatten(result.se)
     model.eval()
     return FitState(
         num_outputs=problem.num_outputs,
@@ -90,11 +89,12 @@ def _finish(problem: EMProblem, model: FixedPart, phases: VariancePhases, log: E
         fixed_names=problem.fixed_names,
         covariances=covariances,
         covariance_se=covariance_se,
-        dispersion=1.0 if dispersion is None else dispersion,
-        dispersion_se=0.0 if dispersion_se is None else dispersion_se,
+        dispersion=dispersion,
+        dispersion_se=dispersion_se if layout.dispersion else 0.0,
         effect_mean=phases.moments.mean(),
         effect_sd=phases.moments.sd(),
         draws=phases.moments.draws(),
+        draw_epochs=np.array(phases.moments.stored_epochs, dtype=np.int64),
         history=log.records,
         converged=converged,
         nobs=problem.num_rows,

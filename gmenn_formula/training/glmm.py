@@ -28,5 +28,5 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     estep = make_estep(problem, config, sampler_config(problem, config, config.estep.draws, variances=True), np.ones(problem.num_rows))
     phases = VariancePhases(problem, model, estep, config, log, problem.initial_covariances(scale), dispersion, fit_beta=True)
     settled = phases.em(config.training.max_epochs(False), settle=True)
-    phases.average()
+    phases.estimate()
     return phases, settled

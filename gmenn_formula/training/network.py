@@ -126,7 +126,7 @@ def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: Ep
             "the best epoch's network is used. Increase epochs= for a longer fit."
         )
     phases.em(config.convergence.final_epochs, settle=False)
-    phases.average()
+    phases.estimate()
     return phases, stopping
 
 

@@ -1,16 +1,24 @@
 """The variance phases of a fit, on all fitting rows with the network frozen (or no network).
 
-First EM epochs (phase ``em``), parameter-expanded unless switched off, until the
-parameters settle (plain GLMMs) or for a fixed number of epochs (the final phase
-of network fits); then averaging (phase ``average``): stochastic approximation
-with the averaged iterate fed back, until the Monte Carlo error of the reported
-variances is small (see :mod:`~gmenn_formula.training.averaging`). A plain GLMM
-also gets the exact Newton M-step of its linear fixed effects in every epoch.
+1. EM epochs (phase ``em``), parameter-expanded unless switched off, until the
+   parameters settle (plain GLMMs) or for a fixed number of epochs (the final phase
+   of network fits): fast far from the optimum.
+2. Blocks (phase ``average``): epochs at fixed parameters, whose EM targets give a
+   Newton step on the EM map (:mod:`~gmenn_formula.training.newton`) once the step
+   stands out of its Monte Carlo error; this converges in flat directions, where EM
+   crawls. The block whose step stays within its error, once that error is small, is
+   the last: its Newton estimate is reported with that error, and its draws give the
+   reported effects.
+
+A plain GLMM also gets an exact Newton M-step of its linear fixed effects: every
+epoch while in EM; in a block, from the block's fixed beta in every epoch, their
+mean becoming the next block's beta.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,20 +26,44 @@ import torch
 from gmenn_formula.estep.arrays import EffectSampler, EpochDraws
 from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.mstep.step import newton_fixed_effects
-from gmenn_formula.training.averaging import Averager
+from gmenn_formula.training.averaging import MAX_Z, Averager, precise, stationary_se
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.log import EpochLog
+from gmenn_formula.training.newton import MissingInformation, ParameterLayout, unit_groups
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.variance import EffectMoments, predict_fixed, timed_draw, variance_update
 
 
-class VariancePhases:
-    """The EM and averaging epochs of one fit.
+MAX_BLOCKS = 20
+"""Newton steps before the last one is reported anyway (with a convergence message)."""
+BLOCK_WORK = 400_000
+"""Rows x classes x draws an epoch of a block aims at: small data get more draws per epoch (up to
+MAX_BLOCK_DRAWS), which cost little beside the fixed cost of an epoch and pin the Newton step down."""
+MAX_BLOCK_DRAWS = 64
+SIGNIFICANT_MEAN_SQUARED_Z = 4.0
+"""A Newton step counts as real when its pooled squared z (step over Monte Carlo error) averages
+above this, or one z exceeds MAX_Z; otherwise the parameters are at the fixed point within noise."""
+MAX_VARIANCE_FACTOR = 2.0
+"""A Newton step changes no variance by more than this factor (plus 1% of the largest variance)."""
 
-    ``fit_beta``: the linear fixed effects get an exact Newton M-step each epoch (plain
-    GLMMs; with networks the fixed part stays frozen). ``covariances`` (per term
-    (c, p, p)) and ``dispersion`` are where EM starts and, after each epoch, the
-    parameters the next E-step uses.
+
+@dataclass(frozen=True)
+class Estimate:
+    """A block's result: the Newton estimate ``theta`` (see
+    :class:`~gmenn_formula.training.newton.ParameterLayout`: covariances, residual variance, beta)
+    and its Monte Carlo standard error ``se``."""
+
+    theta: np.ndarray
+    se: np.ndarray
+
+
+class VariancePhases:
+    """The EM, Newton and final epochs of one fit.
+
+    ``fit_beta``: the linear fixed effects get an exact Newton M-step (plain GLMMs; with
+    networks the fixed part stays frozen). ``covariances`` (per term (c, p, p)) and
+    ``dispersion`` are where EM starts and, after each epoch or block, the parameters the
+    next E-step uses. After :meth:`estimate`, ``result`` holds the reported estimate.
     """
 
     def __init__(
@@ -49,25 +81,29 @@ class VariancePhases:
         self.covariances, self.dispersion, self.fit_beta = covariances, dispersion, fit_beta
         self.averager = Averager(config.convergence.window, config.convergence.tolerance)
         self.moments = EffectMoments(list(problem.shapes))
+        self.layout = ParameterLayout.of(problem, fit_beta)
+        self.groups = unit_groups(problem)
         self.messages: list[str] = []
+        self.result: Estimate | None = None
 
-    def _epoch(self, expand: bool) -> tuple[EpochDraws, np.ndarray | None, float | None, float]:
-        """E-step and M-step on all rows; the new estimates go to the averager. Returns the
-        draws, beta (k, c) if fitted, the expected NLL per row if fitted, and the E-step's seconds."""
-        problem, estep = self.problem, self.config.estep
-        rows = problem.rows
-        F = predict_fixed(self.model, rows)
-        draws, estep_seconds = timed_draw(self.estep, F, self.covariances, self.dispersion, estep.draws, estep.burn_in)
-        effects, self.covariances, new_dispersion = variance_update(
-            problem, draws, F, rows, self.covariances, self.dispersion, expand
-        )
-        beta = loss = None
-        if self.fit_beta:
-            loss = newton_fixed_effects(self.model, problem.family, rows, effects, self.dispersion)
-            beta = self.model.beta.detach().cpu().numpy().copy()
-        self.dispersion = new_dispersion
-        self.averager.add(self.covariances, self.dispersion if problem.family.has_dispersion else None, beta)
-        return draws, beta, loss, estep_seconds
+    def _draw(self, num_draws: int) -> tuple[EpochDraws, torch.Tensor, float]:
+        """One E-step of ``num_draws`` draws on all rows at the current parameters: the draws, F (n, c),
+        the sampler's seconds."""
+        F = predict_fixed(self.model, self.problem.rows)
+        draws, seconds = timed_draw(self.estep, F, self.covariances, self.dispersion, num_draws, self.config.estep.burn_in)
+        return draws, F, seconds
+
+    @property
+    def block_draws(self) -> int:
+        """Draws per epoch in a block: ``draws``, or more for small data (see BLOCK_WORK), a multiple of the E-step's chunk."""
+        chunk, draws = self.estep.chunk, self.config.estep.draws
+        wanted = min(MAX_BLOCK_DRAWS, BLOCK_WORK // max(self.problem.num_rows * self.problem.num_outputs, 1))
+        return max(draws, wanted // chunk * chunk)
+
+    def _beta_step(self, effects: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, float]:
+        """The exact M-step of beta given ``effects``: (beta (k, c), expected NLL per row); the model keeps it."""
+        loss = newton_fixed_effects(self.model, self.problem.family, self.problem.rows, effects, self.dispersion)
+        return self.model.beta.detach().cpu().numpy().copy(), loss
 
     def em(self, max_epochs: int, settle: bool) -> bool:
         """Up to ``max_epochs`` EM epochs; with ``settle``, stop once the parameters settle
@@ -76,7 +112,13 @@ class VariancePhases:
         settled = not settle
         for _ in range(max_epochs):
             started = time.perf_counter()
-            draws, _, loss, estep_seconds = self._epoch(expand)
+            draws, F, estep_seconds = self._draw(self.config.estep.draws)
+            effects, self.covariances, new_dispersion = variance_update(
+                self.problem, draws, F, self.problem.rows, self.covariances, self.dispersion, expand
+            )
+            beta, loss = self._beta_step(effects) if self.fit_beta else (None, None)
+            self.dispersion = new_dispersion
+            self.averager.add(self.covariances, self.dispersion if self.layout.dispersion else None, beta)
             self.log.add("em", self.covariances, self.dispersion, draws, estep_seconds, time.perf_counter() - started - estep_seconds, loss=loss)
             if settle and self.averager.settled():
                 settled = True
@@ -84,37 +126,100 @@ class VariancePhases:
         if not settled:
             self.messages.append(
                 f"EM did not settle within {max_epochs} epochs (changes above Monte Carlo noise and tolerance "
-                f"{self.config.convergence.tolerance}); estimates are averages of the following epochs. "
+                f"{self.config.convergence.tolerance}); the Newton steps start from where it stopped. "
                 "Increase epochs= or check the model."
             )
         return settled
 
-    def average(self) -> None:
-        """Averaged epochs until the Monte Carlo error is below target (checked every window
-        after ``average_epochs``) or ``max_average_epochs`` are done."""
+    def estimate(self) -> None:
+        """Blocks of epochs at fixed parameters, each ending in a Newton step once the step stands
+        out of its Monte Carlo error; the block whose step does not, and whose error is within what
+        is allowed, is the last: its estimate is reported and its draws give the effects."""
         convergence = self.config.convergence
-        self.averager.start_averaging()
-        for averaged in range(1, convergence.max_average_epochs + 1):
+        for _ in range(MAX_BLOCKS):
+            estimate, final = self._block()
+            self._move_to(estimate)
+            if final:
+                break
+        else:
+            self.messages.append(
+                f"The Newton steps on the variance components still moved after {MAX_BLOCKS} blocks; the "
+                "estimates are those of the last step. Increase draws= or check the model."
+            )
+        self.result = estimate
+
+    def _move_to(self, estimate: Estimate) -> None:
+        self.covariances, self.dispersion, beta = self.layout.unflatten(estimate.theta)
+        if beta is not None:
+            self.set_beta(beta)
+
+    def _block(self) -> tuple[Estimate, bool]:
+        """Epochs at the current parameters, looked at every ``window`` epochs (from
+        ``average_epochs`` on): a Newton step beyond its Monte Carlo error ends the block with that
+        step (damped); a step within it ends the fit once the error is small enough (or after
+        ``max_average_epochs``). Returns the estimate and whether it is the final one."""
+        layout, rows, convergence = self.layout, self.problem.rows, self.config.convergence
+        beta = self.model.beta.detach().cpu().numpy().copy() if self.fit_beta else None
+        theta = layout.flatten(self.covariances, self.dispersion, beta)
+        information = MissingInformation(self.problem, layout, self.groups)
+        self.moments = EffectMoments(list(self.problem.shapes))
+        targets, num_draws = [], self.block_draws
+        for epoch in range(1, convergence.max_average_epochs + 1):
             started = time.perf_counter()
-            draws, _, loss, estep_seconds = self._epoch(expand=False)
-            self.moments.add(draws.effects)
-            covariances, dispersion, beta = self.averager.current()
-            self.covariances = covariances
-            if dispersion is not None:
-                self.dispersion = dispersion
+            draws, F, estep_seconds = self._draw(num_draws)
+            effects, covariances, dispersion = variance_update(self.problem, draws, F, rows, self.covariances, self.dispersion, False)
+            information.add(tuple(torch.as_tensor(B, device=self.problem.device) for B in draws.effects), F, rows, self.dispersion)
+            beta_t = loss = None
             if self.fit_beta:
+                beta_t, loss = self._beta_step(effects)
                 self.set_beta(beta)
+            targets.append(layout.flatten(covariances, dispersion, beta_t))
+            self.moments.add(draws.effects, self.log.last_epoch + 1)
             self.log.add("average", self.covariances, self.dispersion, draws, estep_seconds, time.perf_counter() - started - estep_seconds, loss=loss)
-            if averaged < convergence.average_epochs:
+            if epoch < min(convergence.average_epochs, convergence.window) or epoch % convergence.window:
                 continue
-            at_cap = averaged == convergence.max_average_epochs
-            if (at_cap or averaged % convergence.window == 0) and self.averager.precise(convergence.mcse_target, self.problem.num_levels):
-                return
+            estimate, significant = self._newton(theta, targets, information)
+            if significant:
+                return Estimate(self._damped(theta, estimate.theta), estimate.se), False
+            if epoch >= convergence.average_epochs and self._precise(estimate):
+                return estimate, True
+        estimate, _ = self._newton(theta, targets, information)
         self.messages.append(
             f"Monte Carlo error of the variance components is above {convergence.mcse_target:.0%} (or a tenth of "
-            f"their sampling error, if larger) after {convergence.max_average_epochs} averaged epochs; "
-            "see varcorr()['mcse']. Increase max_average_epochs= for tighter estimates."
+            f"their sampling error, if larger) after {convergence.max_average_epochs} epochs at the last "
+            "parameters; see varcorr()['mcse']. Increase max_average_epochs= or draws= for tighter estimates."
         )
+        return estimate, True
+
+    def _newton(self, theta: np.ndarray, targets: list[np.ndarray], information: MissingInformation) -> tuple[Estimate, bool]:
+        """The Newton estimate from the epochs' EM targets (t, size) at ``theta`` with its
+        batch-means error, and whether its step stands out of that error (or of the tolerance)."""
+        J = information.jacobian(theta)
+        steps = np.linalg.solve(np.eye(len(theta)) - J, (np.asarray(targets) - theta).T).T
+        step, se = steps.mean(0), stationary_se(steps)
+        scale = np.maximum(np.abs(theta), 1e-3 * np.abs(theta).max() + 1e-12)
+        z = np.abs(step) / np.maximum(se, self.config.convergence.tolerance * scale)
+        significant = bool(np.mean(z**2) > SIGNIFICANT_MEAN_SQUARED_Z or np.max(z) > MAX_Z)
+        return Estimate(self.layout.project(theta + step), se), significant
+
+    def _damped(self, theta: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """``theta`` moved toward ``new`` by the largest share (at most all) that changes no variance
+        by more than a factor MAX_VARIANCE_FACTOR (a noisy J can overshoot in a flat direction)."""
+        share = 1.0
+        floor = 0.01 * max(float(np.max(theta[self.layout.variance_indices()], initial=0.0)), 1e-12)
+        for i in self.layout.variance_indices():
+            old, target = max(theta[i], 0.0), new[i]
+            high, low = MAX_VARIANCE_FACTOR * old + floor, old / MAX_VARIANCE_FACTOR
+            if target > high:
+                share = min(share, (high - old) / (target - old))
+            elif target < low:
+                share = min(share, (old - low) / (old - target))
+        return self.layout.project(theta + share * (new - theta))
+
+    def _precise(self, estimate: Estimate) -> bool:
+        """Whether the estimate's Monte Carlo errors are within what is allowed (see
+        :meth:`~gmenn_formula.training.newton.ParameterLayout.allowed_errors`)."""
+        return precise(estimate.se, self.layout.allowed_errors(estimate.theta, self.config.convergence.mcse_target))
 
     def set_beta(self, beta: np.ndarray) -> None:
         """Linear fixed effects (k, c) into the model."""

@@ -140,11 +140,13 @@ class EffectMoments:
         self.sum = [np.zeros(s) for s in shapes]
         self.sum_sq = [np.zeros(s) for s in shapes]
         self.stored: list[list[np.ndarray]] = [[] for _ in shapes]
+        self.stored_epochs: list[int] = []
         size = sum(int(np.prod(s)) for s in shapes) * 4
         self.max_draws = max(2, max_draws or min(200, MAX_STORED_DRAW_BYTES // max(size, 1)))
         self.stride = 1
 
-    def add(self, effects: tuple[np.ndarray, ...]) -> None:
+    def add(self, effects: tuple[np.ndarray, ...], epoch: int = 0) -> None:
+        """One epoch's draws (m, q, p, c) per term; ``epoch`` is recorded with each stored draw."""
         for index, B in enumerate(effects):
             self.sum[index] += B.sum(0)
             self.sum_sq[index] += (B.astype(np.float64) ** 2).sum(0)
@@ -152,8 +154,10 @@ class EffectMoments:
             if (self.count + offset) % self.stride == 0:
                 for index, B in enumerate(effects):
                     self.stored[index].append(B[offset])
+                self.stored_epochs.append(epoch)
                 if len(self.stored[0]) >= self.max_draws:
                     self.stored = [kept[::2] for kept in self.stored]
+                    self.stored_epochs = self.stored_epochs[::2]
                     self.stride *= 2
         self.count += effects[0].shape[0] if effects else 0
 

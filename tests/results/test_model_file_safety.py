@@ -162,7 +162,7 @@ META_EDITS = {
     "grouping columns": (_set(["spec", "grouping", 0, "columns"], ["days"]), "grouping factor of .* is saved as"),
     "response name": (_set(["spec", "response", "name"], "z"), "response is saved as 'z'"),
     "classes": (_set(["spec", "response", "classes"], {"__tuple__": ["a"]}), "classes .* do not suit the gaussian family"),
-    "shorter history": (lambda meta: meta["history"].pop(), "history_covariances/0 has shape"),
+    "shorter history": (lambda meta: meta["history"].pop(), "draw_epochs .* do not match|history_covariances/0 has shape"),
 }
 
 

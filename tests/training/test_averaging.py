@@ -6,56 +6,53 @@ import numpy as np
 import pytest
 
 from gmenn_formula.training import averaging
-from gmenn_formula.training.averaging import Averager
+from gmenn_formula.training.averaging import Averager, precise, stationary_se
+from gmenn_formula.training.newton import ParameterLayout
 
 
-def _averaged(values: np.ndarray) -> Averager:
-    averager = Averager(window=10, tolerance=2e-3)
-    averager.start_averaging()
-    for value in values:
-        averager.add([np.array([[[value]]])], None, None)
-    return averager
+def _layout(levels: int, components: int = 1) -> ParameterLayout:
+    """One random intercept with ``components`` classes (each its own variance) and ``levels`` levels."""
+    return ParameterLayout(entries=(((0, 0),),), num_outputs=components, num_levels=(levels,), dispersion=False, num_rows=10 * levels, num_fixed=0)
+
+
+def _precise(layout: ParameterLayout, theta: np.ndarray, se: np.ndarray) -> bool:
+    return precise(se, layout.allowed_errors(theta, 0.02))
 
 
 def test_few_levels_need_only_a_tenth_of_the_sampling_error():
-    """A variance of 0.5 with ~3% Monte Carlo error: too imprecise for 1,000 levels
+    """A variance of 0.5 with 3% Monte Carlo error: too imprecise for 1,000 levels
     (sampling error 2.2%), enough for 10 levels (sampling error 45%)."""
-    rng = np.random.default_rng(0)
-    averager = _averaged(0.5 + 0.15 * rng.standard_normal(200))
-    se = averager.result()[1][0].item()
-    assert 0.022 < se / 0.5 < 0.04
-    assert averager.precise(0.02, [10])
-    assert not averager.precise(0.02, [1000])
-
-
-def _averaged_many(values: np.ndarray) -> Averager:
-    """Averager fed ``values`` (epochs, components), one term with a (components, 1, 1) covariance."""
-    averager = Averager(window=10, tolerance=2e-3)
-    averager.start_averaging()
-    for row in values:
-        averager.add([row[:, None, None]], None, None)
-    return averager
+    theta, se = np.array([0.5]), np.array([0.015])
+    assert _precise(_layout(10), theta, se)
+    assert not _precise(_layout(1000), theta, se)
 
 
 def test_precision_is_pooled_over_many_components():
-    """300 components of 0.5 whose true Monte Carlo error is 1.3% (40 averaged epochs, the tail
-    20 reported, sd 0.03): each batch-means estimate rests on 2 batches and some of 300 read
-    above 2%, but the pool passes; a true error of 3% fails, and so does one component far off
-    when the rest are precise."""
+    """300 components of 0.5 whose true Monte Carlo error is 1.3% of them, each estimated from 2
+    batches (|N(0, 1)| times the truth): some read above 2%, but the pool passes; a true error of
+    3% fails, and so does one component far off when the rest are precise."""
     rng = np.random.default_rng(1)
-    precise = _averaged_many(0.5 + 0.03 * rng.standard_normal((40, 300)))
-    ses = precise.result()[1][0].ravel() / 0.5
-    assert np.max(ses) > 0.02 and precise.precise(0.02, [100_000])
-    assert not _averaged_many(0.5 + 0.067 * rng.standard_normal((40, 300))).precise(0.02, [100_000])
-    noisy_one = 0.5 + 0.03 * rng.standard_normal((40, 300))
-    noisy_one[:, 0] = 0.5 + 0.5 * rng.standard_normal(40)
-    assert not _averaged_many(noisy_one).precise(0.02, [100_000])
+    layout, theta = _layout(100_000, 300), np.full(300, 0.5)
+    estimated = np.abs(rng.standard_normal(300))
+    ses = 0.013 * 0.5 * estimated
+    assert np.max(ses / 0.5) > 0.02 and _precise(layout, theta, ses)
+    assert not _precise(layout, theta, 0.03 * 0.5 * estimated)
+    one_off = ses.copy()
+    one_off[0] = 0.5
+    assert not _precise(layout, theta, one_off)
 
 
-def test_a_constant_sequence_is_precise_at_once():
-    averager = _averaged(np.full(40, 0.3))
-    assert averager.precise(0.02, [100_000])
-    assert averager.reported()[0][0].item() == pytest.approx(0.3)
+def test_no_monte_carlo_error_is_precise_at_once():
+    assert _precise(_layout(20), np.array([0.3]), np.zeros(1))
+
+
+def test_stationary_error_counts_autocorrelated_epochs():
+    """AR(1) epochs (rho .6): the batch-means error of their mean matches the spread of means over
+    repeated sequences within 30%; without the autocorrelation it would be ~2x too small."""
+    rng = np.random.default_rng(3)
+    sequences = np.stack([_ar1(0.6, (200, 1), rng)[:, 0] for _ in range(400)])
+    reported = np.mean([stationary_se(seq) for seq in sequences])
+    assert reported == pytest.approx(sequences.mean(1).std(), rel=0.3)
 
 
 def _em_phase(values: np.ndarray) -> Averager:
