@@ -8,7 +8,8 @@
 Mistakes (a bad formula, a missing column, a corrupt model file, an output folder
 that does not exist) print one ``error: ...`` message and exit with status 2, and
 are caught before any fitting starts where they can be; the library's warnings
-(dropped rows, new levels) print as ``warning: ...``. The parser is built from
+(dropped rows, new levels, extreme scales) print as ``warning: ...``. ``predict``
+writes one row per input row (empty where a predictor is missing). The parser is built from
 light modules only, so ``--help`` and argument errors do not wait for torch,
 PyMC or JAX to load.
 """
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from gmenn_formula.errors import DataError, GmennError, MissingValueWarning, NewLevelWarning
+from gmenn_formula.errors import DataError, GmennError, MissingValueWarning, NewLevelWarning, ScaleWarning
 from gmenn_formula.families import FAMILIES
 from gmenn_formula.results import PREDICT_TYPES
 from gmenn_formula.training.config import FitConfig
@@ -111,12 +112,8 @@ def _predict(args: argparse.Namespace) -> None:
     data = _read_data(args.data)
     re_form = "~0" if args.population_level else None
     predictions = result.predict(data, type=args.type, re_form=re_form, allow_new_levels=not args.no_new_levels)
-    if not isinstance(predictions, pd.DataFrame):
-        name = "class" if args.type == "class" else "fit"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # already reported by predict()
-            rows = data.index if len(predictions) == len(data) else result.spec.apply(data).rows
-        predictions = pd.DataFrame({name: predictions}, index=rows)
+    if not isinstance(predictions, pd.DataFrame):  # one prediction per input row, NaN where a predictor is missing
+        predictions = pd.DataFrame({"class" if args.type == "class" else "fit": predictions}, index=data.index)
     predictions.to_csv(args.output, index_label="row")
     print(f"{len(predictions)} predictions written to {args.output}")
 
@@ -213,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for category in (MissingValueWarning, NewLevelWarning):
+        for category in (MissingValueWarning, NewLevelWarning, ScaleWarning):
             warnings.simplefilter("always", category)
         warnings.showwarning = _show_warning
         try:

@@ -101,7 +101,12 @@ class ConvergenceWarning(GmennWarning):
 
 
 class MissingValueWarning(UserWarning):
-    """Rows with missing values were dropped (lme4's ``na.omit``)."""
+    """Rows with missing values were dropped (lme4's ``na.omit``), or predicted as NaN (``na.pass``)."""
+
+
+class ScaleWarning(GmennWarning):
+    """A column of the fixed part, the ``nn()`` inputs or the random slopes is on an extreme scale
+    (values beyond 1e8): the engine computes in float32; ``scale()`` the column."""
 
 
 class NewLevelWarning(UserWarning):

@@ -93,12 +93,15 @@ class GMENN:
 
     def predict(self, X: pd.DataFrame, **kwargs: Any) -> np.ndarray:
         """(n,) predictions: the mean for gaussian and poisson, the most probable class
-        label for binomial and categorical. ``kwargs`` (``re_form``,
-        ``allow_new_levels``) go to :meth:`GmennResult.predict`."""
+        label for binomial and categorical; NaN for rows with a missing predictor.
+        ``kwargs`` (``re_form``, ``allow_new_levels``) go to :meth:`GmennResult.predict`."""
         result = self._fitted()
-        if result.family.classifier:
-            return self.classes_[self.predict_proba(X, **kwargs).argmax(axis=1)]
-        return np.asarray(result.predict(X, type="response", **kwargs))
+        if not result.family.classifier:
+            return np.asarray(result.predict(X, type="response", **kwargs))
+        proba = self.predict_proba(X, **kwargs)
+        missing = np.isnan(proba).any(axis=1)
+        labels = self.classes_[np.where(missing[:, None], 0.0, proba).argmax(axis=1)]
+        return np.where(missing, np.nan, labels.astype(object)) if missing.any() else labels
 
     def predict_proba(self, X: pd.DataFrame, **kwargs: Any) -> np.ndarray:
         """(n, classes) class probabilities, columns in the order of ``classes_``

@@ -19,6 +19,18 @@ NEW_LEVEL = -1
 """Code of a row whose grouping level was not seen in training."""
 
 
+def _check_ids(values: pd.Series, name: str) -> None:
+    """GroupingFactorError for a float column holding values that are not whole numbers: a measurement, not an id."""
+    numbers = values.dropna().to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if bad.any():
+        raise GroupingFactorError(
+            f"Grouping factor {name!r} holds numbers that are not whole (e.g. {float(numbers[bad][0])!r}), so every distinct "
+            "value would be a level of its own. A grouping factor must be an id: use integer or string ids "
+            f"(e.g. data[{name!r}].astype(int) if they are ids), or write a measurement as a fixed term or a random slope."
+        )
+
+
 def _factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Sorted level codes of one column; labels keep the column's dtype."""
     if isinstance(values.dtype, pd.CategoricalDtype):
@@ -57,6 +69,9 @@ class GroupingFactor:
     @classmethod
     def learn(cls, columns: tuple[str, ...], data: pd.DataFrame) -> tuple[GroupingFactor, np.ndarray]:
         """Levels and (n,) int32 codes of the factor on training data."""
+        for c in columns:
+            if pd.api.types.is_float_dtype(data[c]):
+                _check_ids(data[c], c)
         parts = [_factorize(data[c]) for c in columns]
         if len(parts) == 1:
             codes, levels = parts[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from gmenn_formula.design import checks
 from gmenn_formula.design.columns import INTERCEPT, ParametricBlock, check_columns, variables
 from gmenn_formula.design.grouping import NEW_LEVEL, GroupingFactor
 from gmenn_formula.design.response import ResponseCoder, ResponseData
@@ -32,6 +33,9 @@ from gmenn_formula.formula import parse
 from gmenn_formula.formula.terms import BinomialResponse, Formula, NetworkTerm, RandomTerm
 
 NA_ACTIONS = ("omit", "raise")
+"""What ``design()`` does with rows that have missing values. ``DesignSpec.apply`` also takes
+"pass" (lme4's ``na.pass`` at prediction): such rows are left out of the arrays, marked in
+``Design.kept``, and get NaN predictions."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,9 @@ class Design:
     column); ``offset`` (n,); ``X_networks[j]`` (n, d_j) inputs of the j-th
     ``nn()``; ``random`` one entry per random-effect term; ``response`` None
     when predicting without a response; ``rows`` the kept row labels of the
-    data; ``new_levels`` rows per grouping factor whose level was unseen in training.
+    data; ``kept`` (N,) bool over the N rows of the data passed in, True for the rows in the
+    design (None for a model read from a file); ``new_levels`` rows per grouping factor whose
+    level was unseen in training.
     """
 
     spec: DesignSpec
@@ -84,6 +90,7 @@ class Design:
     rows: pd.Index
     num_dropped: int = 0
     new_levels: dict[str, int] = field(default_factory=dict)
+    kept: np.ndarray | None = None
 
     @property
     def num_rows(self) -> int:
@@ -154,14 +161,16 @@ class DesignSpec:
         self,
         data: pd.DataFrame,
         *,
-        require_response: bool = False,
+        response: bool | None = None,
         allow_new_levels: bool = True,
         na_action: str = "omit",
         with_random_effects: bool = True,
     ) -> Design:
         """Design of new data with the training encodings.
 
-        The response is encoded when its columns are present (or required).
+        ``response``: None encodes the response when its columns are present, True requires
+        it, False ignores its columns (prediction: missing or placeholder values drop nothing).
+        ``na_action``: one of :data:`NA_ACTIONS`, or "pass".
         Unseen grouping levels get NEW_LEVEL and are counted in
         ``Design.new_levels``, with a NewLevelWarning; with
         ``allow_new_levels=False`` they raise NewLevelError.
@@ -170,17 +179,18 @@ class DesignSpec:
         nor refused (they are still coded NEW_LEVEL and counted).
         """
         _check_frame(data)
-        has_response = require_response or variables_of_response(self.formula) <= set(data.columns)
+        _check_na_action(na_action, (*NA_ACTIONS, "pass"))
+        has_response = response if response is not None else variables_of_response(self.formula) <= set(data.columns)
         inputs = tuple(net.inputs for net in self.networks)
-        clean, dropped = _complete_rows(data, _used_columns(self.formula, inputs, has_response), na_action)
-        response = self.response.encode(_response_values(self.formula, clean)) if has_response else None
+        clean, kept = _complete_rows(data, _used_columns(self.formula, inputs, has_response), na_action)
+        encoded = self.response.encode(_response_values(self.formula, clean)) if has_response else None
         matrices = [block.apply(clean, role) for block, role in zip(self._blocks(), _roles(self.formula))]
         codes = [part.factor.encode(clean) for part in self.random]
         new_levels = _new_levels(self, clean, codes, refuse=not allow_new_levels and with_random_effects)
         if new_levels and with_random_effects:
             summary = ", ".join(f"{name}: {count} row(s)" for name, count in new_levels.items())
             warnings.warn(f"Levels unseen in training get no random effect ({summary}).", NewLevelWarning, stacklevel=2)
-        return _assemble(self, clean, dropped, response, matrices, codes, new_levels)
+        return _assemble(self, clean, kept, encoded, matrices, codes, new_levels)
 
     def _blocks(self) -> list[ParametricBlock]:
         """Every parametric block, in :func:`block_exprs`'s order."""
@@ -193,15 +203,20 @@ def design(formula: str | Formula, data: pd.DataFrame, family: str | Family | No
     ``family`` decides how the response is encoded (``None``: binomial for
     ``cbind()``, else gaussian). ``na_action="omit"`` drops rows with missing
     values in any used column with a MissingValueWarning; ``"raise"`` raises.
-    ``data`` is never modified.
+    ``data`` is never modified. Data the model cannot be fitted to (non-finite values,
+    collinear fixed columns, a factor with one level per row, ...) raises here, before any
+    fitting: see :mod:`gmenn_formula.design.checks`.
     """
     parsed = parse(formula) if isinstance(formula, str) else formula
     if not isinstance(parsed, Formula):
         raise DataTypeError(f"formula must be a string or a parsed Formula, not {type(formula).__name__}.")
     resolved = get_family(family or ("binomial" if isinstance(parsed.response, BinomialResponse) else "gaussian"))
     _check_frame(data)
+    _check_na_action(na_action, NA_ACTIONS)
+    checks.check_random_terms(parsed.random)
     network_inputs = _resolve_networks(parsed, data)
-    clean, dropped = _complete_rows(data, _used_columns(parsed, network_inputs, True), na_action)
+    checks.check_response_not_input(_response_targets(parsed), _used_columns(parsed, network_inputs, False))
+    clean, kept = _complete_rows(data, _used_columns(parsed, network_inputs, True), na_action)
     response_values = _response_values(parsed, clean)
     coder = ResponseCoder.learn(resolved.name, parsed.response, response_values)
     learned = [
@@ -210,6 +225,7 @@ def design(formula: str | Formula, data: pd.DataFrame, family: str | Family | No
     ]
     blocks = [block for block, _ in learned]
     factors, codes = zip(*(GroupingFactor.learn(term.group, clean) for term in parsed.random)) if parsed.random else ((), ())
+    checks.check_levels_vs_rows(factors, len(clean), resolved)
     num_offsets, num_networks = len(parsed.offsets), len(parsed.networks)
     spec = DesignSpec(
         formula=parsed,
@@ -226,20 +242,30 @@ def design(formula: str | Formula, data: pd.DataFrame, family: str | Family | No
             for term, factor, block in zip(parsed.random, factors, blocks[1 + num_offsets + num_networks :])
         ),
     )
-    return _assemble(spec, clean, dropped, coder.encode(response_values), [matrix for _, matrix in learned], list(codes), {})
+    matrices = [matrix for _, matrix in learned]
+    result = _assemble(spec, clean, kept, coder.encode(response_values), matrices, list(codes), {})
+    checks.check_fixed_rank(spec.fixed.names, matrices[0])
+    roles = _roles(parsed)
+    checks.warn_extreme_scale(
+        (role, block.names, matrix) for role, block, matrix in zip(roles, blocks, matrices) if role != "offset"
+    )
+    return result
 
 
 def _assemble(
     spec: DesignSpec,
     clean: pd.DataFrame,
-    dropped: int,
+    kept: np.ndarray,
     response: ResponseData | None,
     matrices: list[np.ndarray],
     codes: list[np.ndarray],
     new_levels: dict[str, int],
 ) -> Design:
-    """The Design of rows ``clean`` from their block matrices (in :func:`block_exprs`'s order) and
-    grouping codes: the one place where training data and new data become engine arrays."""
+    """The Design of rows ``clean`` (the ``kept`` rows of the data) from their block matrices (in
+    :func:`block_exprs`'s order) and grouping codes: the one place where training data and new
+    data become engine arrays, and where every column is checked to be finite."""
+    for block, role, matrix in zip(spec._blocks(), _roles(spec.formula), matrices):
+        checks.check_finite(role, block.names, matrix, clean.index)
     num_offsets, num_networks = len(spec.offsets), len(spec.networks)
     fixed = matrices[0][:, len(spec.fixed.names) - len(spec.fixed_names) :]
     offsets = matrices[1 : 1 + num_offsets]
@@ -255,8 +281,9 @@ def _assemble(
         X_networks=tuple(matrices[1 + num_offsets : 1 + num_offsets + num_networks]),
         random=random,
         rows=clean.index,
-        num_dropped=dropped,
+        num_dropped=int((~kept).sum()),
         new_levels=new_levels,
+        kept=kept,
     )
 
 
@@ -307,6 +334,13 @@ def variables_of_response(formula: Formula) -> set[str]:
     return variables(response.expr)
 
 
+def _response_targets(formula: Formula) -> set[str]:
+    """Data columns holding what is modelled: the response's, only the successes' for
+    ``cbind()`` (its trials may also be a predictor)."""
+    response = formula.response
+    return variables(response.successes) if isinstance(response, BinomialResponse) else variables(response.expr)
+
+
 def _roles(formula: Formula) -> list[str]:
     """The role of every parametric block in messages, in :func:`block_exprs`'s order."""
     roles = ["fixed part", *("offset" for _ in formula.offsets), *("nn() inputs" for _ in formula.networks)]
@@ -318,6 +352,11 @@ def _check_frame(data: object) -> None:
         raise DataTypeError(f"data must be a pandas DataFrame, not {type(data).__name__}; wrap it with pandas.DataFrame(...).")
     if len(data) == 0:
         raise EmptyDataError("The data frame has no rows.")
+
+
+def _check_na_action(na_action: str, allowed: tuple[str, ...]) -> None:
+    if na_action not in allowed:
+        raise DataError(f"na_action must be one of {allowed}, not {na_action!r}.")
 
 
 def _resolve_networks(formula: Formula, data: pd.DataFrame) -> tuple[tuple[str, ...], ...]:
@@ -365,16 +404,17 @@ def _used_columns(formula: Formula, network_inputs: tuple[tuple[str, ...], ...],
     roles.update({name: "nn() inputs" for inputs in network_inputs for e in inputs for name in variables(e)})
     for term in formula.random:
         roles.update({name: f"random slopes of {term}" for e in term.slopes for name in variables(e)})
-        roles.update({name: f"grouping factor of {term}" for name in term.group})
+    for term in formula.random:  # a column also used in a parametric role keeps that role
+        for name in term.group:
+            roles.setdefault(name, f"{checks.GROUPING_ROLE} {term}")
     return roles
 
 
-def _complete_rows(data: pd.DataFrame, roles: dict[str, str], na_action: str) -> tuple[pd.DataFrame, int]:
-    """The used columns of the rows with no missing value, and how many rows were dropped."""
-    if na_action not in NA_ACTIONS:
-        raise DataError(f"na_action must be one of {NA_ACTIONS}, not {na_action!r}.")
+def _complete_rows(data: pd.DataFrame, roles: dict[str, str], na_action: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The used columns of the rows with no missing value, and which rows those are ((N,) bool)."""
     for role in sorted(set(roles.values())):
         check_columns({name for name, r in roles.items() if r == role}, data, role)
+    checks.check_column_kinds(data, roles)
     used = data[list(roles)]
     missing = used.isna()
     rows_missing = missing.any(axis=1).to_numpy()
@@ -384,22 +424,30 @@ def _complete_rows(data: pd.DataFrame, roles: dict[str, str], na_action: str) ->
         columns = ", ".join(f"{name!r} ({int(n)})" for name, n in counts[counts > 0].items())
         if na_action == "raise":
             raise MissingValueError(f"{dropped} row(s) have missing values in columns {columns}. Drop or impute them, or pass na_action='omit'.")
-        if dropped == len(data):
+        if na_action == "pass":
+            message = f"{dropped} of {len(data)} row(s) have missing values in columns {columns}; their predictions are NaN."
+        elif dropped == len(data):
             raise EmptyDataError(f"Every row has a missing value in the used columns {columns}; nothing is left to fit.")
-        warnings.warn(f"Dropped {dropped} of {len(data)} row(s) with missing values in columns {columns}.", MissingValueWarning, stacklevel=3)
+        else:
+            message = f"Dropped {dropped} of {len(data)} row(s) with missing values in columns {columns}."
+        warnings.warn(message, MissingValueWarning, stacklevel=3)
         used = used.loc[~rows_missing]
-    return used, dropped
+    return used, ~rows_missing
 
 
 def _response_values(formula: Formula, data: pd.DataFrame) -> pd.Series | tuple[np.ndarray, np.ndarray]:
-    """The response as a Series (a column or an evaluated expression), or cbind's two arrays."""
+    """The response as a Series (a column or an evaluated expression), or cbind's two arrays;
+    DataError when a numeric response is not finite."""
     response = formula.response
     if isinstance(response, BinomialResponse):
-        return tuple(_evaluate(expr, data) for expr in (response.successes, response.failures))
+        parts = tuple(_evaluate(expr, data) for expr in (response.successes, response.failures))
+        checks.check_finite("response", (response.successes, response.failures), np.column_stack(parts), data.index)
+        return parts
     name = response.expr.strip("`")
-    if name in data.columns:
-        return data[name]
-    return pd.Series(_evaluate(response.expr, data), index=data.index, name=response.expr)
+    values = data[name] if name in data.columns else pd.Series(_evaluate(response.expr, data), index=data.index, name=response.expr)
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        checks.check_finite("response", (response.expr,), values.to_numpy(dtype=np.float64)[:, None], data.index)
+    return values
 
 
 def _evaluate(expr: str, data: pd.DataFrame) -> np.ndarray:

@@ -131,10 +131,20 @@ class GmennResult:
         return self.loglik(**kwargs).bic
 
     # -- prediction ---------------------------------------------------------
-    def _design_for(self, newdata: pd.DataFrame | None, allow_new_levels: bool, with_random_effects: bool = True) -> Design:
-        """The fitting design, or ``newdata``'s; ``with_random_effects=False``: unseen levels do not matter."""
+    def _design_for(
+        self, newdata: pd.DataFrame | None, allow_new_levels: bool, with_random_effects: bool = True, predicting: bool = False
+    ) -> Design:
+        """The fitting design, or ``newdata``'s; ``with_random_effects=False``: unseen levels do not matter;
+        ``predicting``: the response is not read and rows with missing values are marked, not dropped
+        (``Design.kept``)."""
         if newdata is not None:
-            return self.spec.apply(newdata, allow_new_levels=allow_new_levels, with_random_effects=with_random_effects)
+            return self.spec.apply(
+                newdata,
+                response=False if predicting else None,
+                allow_new_levels=allow_new_levels,
+                na_action="pass" if predicting else "omit",
+                with_random_effects=with_random_effects,
+            )
         if not self.has_training_rows:
             raise NoTrainingDataError(
                 "This model was loaded from a file, which does not keep the training rows, so fitted values, "
@@ -167,7 +177,8 @@ class GmennResult:
         re_form: str | None = None,
         allow_new_levels: bool = True,
     ) -> np.ndarray | pd.DataFrame:
-        """Predictions for ``newdata`` (None: the fitting rows).
+        """Predictions for ``newdata`` (None: the fitting rows): (n,) array, or an (n, c) DataFrame
+        indexed like ``newdata`` for several outputs.
 
         ``type``: "link" (eta), "response" (mean, or class probabilities as a
         DataFrame for categorical), "class" (most probable class label; categorical
@@ -175,21 +186,27 @@ class GmennResult:
         "NA" the population level only. Unseen levels get effect 0 (lme4's
         ``allow.new.levels``); with ``allow_new_levels=False`` they raise NewLevelError.
         With ``re_form="~0"`` no random effect is used, so unseen levels are
-        neither warned about nor refused.
+        neither warned about nor refused. Every row of ``newdata`` gets a prediction,
+        NaN for rows with a missing predictor (lme4's ``na.pass``; a MissingValueWarning
+        counts them); the response columns are not read.
         """
         if type not in PREDICT_TYPES:
             raise DataError(f"type must be one of {PREDICT_TYPES}, not {type!r}.")
         if re_form not in (None, "~0", "~ 0", "NA"):
             raise DataError(f"re_form must be None (all random effects) or '~0' (none), not {re_form!r}.")
-        design = self._design_for(newdata, allow_new_levels, with_random_effects=re_form is None)
+        design = self._design_for(newdata, allow_new_levels, with_random_effects=re_form is None, predicting=True)
         eta = self._linear_predictor(design, include_random=re_form is None)
-        names = self.family.output_names(self.spec.response.classes)
         if type == "link":
-            return pd.DataFrame(eta, index=design.rows, columns=names) if eta.shape[1] > 1 else eta[:, 0]
-        mean = self.family.mean(eta)
-        if type == "class":
-            return self.spec.response.decode(self.family.predict_class(mean))
-        return pd.DataFrame(mean, index=design.rows, columns=names) if mean.ndim > 1 else mean
+            values = eta if eta.shape[1] > 1 else eta[:, 0]
+        else:
+            mean = self.family.mean(eta)
+            values = self.spec.response.decode(self.family.predict_class(mean)) if type == "class" else mean
+        if newdata is not None:
+            values = _every_row(values, design.kept)
+        if values.ndim == 1:
+            return values
+        names = self.family.output_names(self.spec.response.classes)
+        return pd.DataFrame(values, index=design.rows if newdata is None else newdata.index, columns=names)
 
     def fitted(self) -> np.ndarray | pd.DataFrame:
         """Fitted means on the fitting rows (random effects included)."""
@@ -280,6 +297,16 @@ class GmennResult:
         from gmenn_formula.results.plots import plot_variances
 
         return plot_variances(self, **kwargs)
+
+
+def _every_row(values: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """(N, ...) values for every row of the data from the (n, ...) values of its ``kept`` (N,)
+    rows; NaN for the other rows (object arrays keep their labels, numbers become floats)."""
+    if kept.all():
+        return values
+    full = np.full((len(kept), *values.shape[1:]), np.nan, dtype=object if values.dtype == object else np.float64)
+    full[kept] = values
+    return full
 
 
 def load(path: str | os.PathLike, nets: Mapping | None = None) -> GmennResult:

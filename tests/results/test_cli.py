@@ -67,14 +67,15 @@ def test_predict_writes_one_row_per_input_row(fitted, capsys, options: list[str]
     np.testing.assert_allclose(predictions[column], expected)
 
 
-def test_predict_keeps_row_labels_when_rows_are_dropped(fitted, capsys) -> None:
+def test_predict_writes_every_row_when_a_predictor_is_missing(fitted, capsys) -> None:
     folder, model, _ = fitted
     new = pd.read_csv(folder / "new.csv")
     new.loc[2, "x0"] = None
     new.to_csv(folder / "missing.csv", index=False)
     assert main(["predict", str(model), str(folder / "missing.csv"), "-o", str(folder / "p.csv")]) == 0
-    assert 2 not in pd.read_csv(folder / "p.csv", index_col="row").index
-    assert "warning: Dropped 1 of 20 row(s)" in capsys.readouterr().err
+    written = pd.read_csv(folder / "p.csv", index_col="row")
+    assert list(written.index) == list(range(20)) and written["fit"].isna().tolist() == [row == 2 for row in range(20)]
+    assert "warning: 1 of 20 row(s) have missing values in columns 'x0' (1); their predictions are NaN." in capsys.readouterr().err
 
 
 def test_predict_reads_parquet(fitted, capsys) -> None:

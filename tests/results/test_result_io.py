@@ -59,7 +59,7 @@ def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 SPEC_CASES = [
-    ("cbind(s, f) ~ scale(x) + C(c) + poly(z, 2) + bs(t, df=4) + C(k):x + offset(np.log(t)) + (1 + center(x) | a:b)", "binomial"),
+    ("cbind(s, f) ~ scale(x) + C(c) + poly(z, 2) + bs(t, df=4) + C(k):b + offset(np.log(t)) + (1 + center(x) | a:b)", "binomial"),
     ('cls ~ nn(standardize(x) + z + S(c) + flag, hidden=[4]) + (1 | a) + (0 + np.log(z) || b)', "categorical"),
     ("s ~ nn(., hidden=[3]) + (1 | a)", "poisson"),
     ("x ~ 0 + C(c) + I(z ** 2) + (1 | b)", "gaussian"),
