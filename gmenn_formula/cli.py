@@ -10,7 +10,8 @@ that does not exist) print one ``error: ...`` message and exit with status 2, an
 are caught before any fitting starts where they can be; the library's warnings
 (dropped rows, new levels) print as ``warning: ...``. The parser is built from
 light modules only, so ``--help`` and argument errors do not wait for torch,
-PyMC or JAX to load.
+PyMC or JAX to load. Ctrl-C during ``gmenn fit`` saves the fit so far (flagged
+interrupted) and exits with status 130, as does a Ctrl-C with nothing to save.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gmenn_formula.results import PREDICT_TYPES
 from gmenn_formula.training.config import FitConfig
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 DEMO_ROWS = 20_000
 DEMO_TEST_FRACTION = 0.2
 READERS = (".csv", ".parquet")
@@ -81,7 +83,7 @@ def _settings() -> dict[str, object]:
     return {f.name: f.metadata["rule"] for group in groups for f in fields(group) if f.name != "verbose"}
 
 
-def _fit(args: argparse.Namespace) -> None:
+def _fit(args: argparse.Namespace) -> int:
     import gmenn_formula as gf
 
     control = _control(args)
@@ -91,7 +93,8 @@ def _fit(args: argparse.Namespace) -> None:
     _check_output(args.output)
     result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **control)
     print(result.summary())
-    print(f"\nsaved to {result.save(args.output)}")
+    print(f"\nsaved to {result.save(args.output)}" + (" (interrupted: the fit so far)" if result.interrupted else ""))
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -209,7 +212,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``gmenn`` command; returns the exit status (0, or 2 after an error)."""
+    """Run the ``gmenn`` command; returns the exit status (0, 2 after an error, 130 after Ctrl-C)."""
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -217,8 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always", category)
         warnings.showwarning = _show_warning
         try:
-            args.run(args)
+            return args.run(args) or 0
         except GmennError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
-    return 0
+        except KeyboardInterrupt:
+            print("interrupted; nothing was saved", file=sys.stderr)
+            return EXIT_INTERRUPTED
