@@ -35,7 +35,9 @@ def gmenn(
     :class:`~gmenn_formula.training.config.FitConfig` (epochs, batch_size,
     learning_rate, draws, burn_in, sampler, penalty, patience,
     validation_fraction, seed, device, verbose, ...), all checked before anything
-    else is done. ``data`` is not modified.
+    else is done. ``data`` is not modified. Ctrl-C during the fit returns the fit so far,
+    flagged ``interrupted`` (its estimates are the last epoch's; see ``summary()``), once at
+    least one epoch has finished; a second Ctrl-C aborts.
     """
     if not isinstance(data, pd.DataFrame):
         raise DataTypeError(f"data must be a pandas DataFrame, not {type(data).__name__}; wrap it with pandas.DataFrame(...).")

@@ -11,7 +11,8 @@ are caught before any fitting starts where they can be; the library's warnings
 (dropped rows, new levels, extreme scales) print as ``warning: ...``. ``predict``
 writes one row per input row (empty where a predictor is missing). The parser is built from
 light modules only, so ``--help`` and argument errors do not wait for torch,
-PyMC or JAX to load.
+PyMC or JAX to load. Ctrl-C during ``gmenn fit`` saves the fit so far (flagged
+interrupted) and exits with status 130, as does a Ctrl-C with nothing to save.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gmenn_formula.results import PREDICT_TYPES
 from gmenn_formula.training.config import FitConfig
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 DEMO_ROWS = 20_000
 DEMO_TEST_FRACTION = 0.2
 READERS = (".csv", ".parquet")
@@ -82,7 +84,7 @@ def _settings() -> dict[str, object]:
     return {f.name: f.metadata["rule"] for group in groups for f in fields(group) if f.name != "verbose"}
 
 
-def _fit(args: argparse.Namespace) -> None:
+def _fit(args: argparse.Namespace) -> int:
     import gmenn_formula as gf
 
     control = _control(args)
@@ -92,7 +94,8 @@ def _fit(args: argparse.Namespace) -> None:
     _check_output(args.output)
     result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **control)
     print(result.summary())
-    print(f"\nsaved to {result.save(args.output)}")
+    print(f"\nsaved to {result.save(args.output)}" + (" (interrupted: the fit so far)" if result.interrupted else ""))
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -206,7 +209,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``gmenn`` command; returns the exit status (0, or 2 after an error)."""
+    """Run the ``gmenn`` command; returns the exit status (0, 2 after an error, 130 after Ctrl-C)."""
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -214,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always", category)
         warnings.showwarning = _show_warning
         try:
-            args.run(args)
+            return args.run(args) or 0
         except GmennError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
-    return 0
+        except KeyboardInterrupt:
+            print("interrupted; nothing was saved", file=sys.stderr)
+            return EXIT_INTERRUPTED

@@ -7,8 +7,11 @@ The file (``.gmenn`` by convention) is one zip archive, format version 1:
   :mod:`gmenn_formula.design.spec_json`); the fit's scalars and settings; the
   number of rows, the scaled-residual quantiles of the summary and its
   log-likelihood (``data.loglik``, optional: files written before it was
-  added print no fit criteria); the per-epoch history (scalars).
-- ``weights.safetensors``: the torch state of the fixed part (networks, beta).
+  added print no fit criteria); the per-epoch history (scalars). The fit's
+  ``interrupted`` flag (files without it: False); an interrupted fit may store
+  NaN Monte Carlo errors (``dispersion_se``, ``covariance_se``), nothing else.
+- ``weights.safetensors``: the torch state of the fixed part (networks, beta,
+  ``output_offset`` and ``output_scale``; files without them: 0 and 1).
 - ``arrays.safetensors``: per random-effect term l, ``covariances/l`` (c, p, p),
   ``covariance_se/l`` (c, p, p), ``effect_mean/l`` and ``effect_sd/l`` (q, p, c),
   ``draws/l`` (s, q, p, c) and ``history_covariances/l`` (epochs, c, p, p); ``draw_epochs``
@@ -68,7 +71,12 @@ _FIT_SCALARS = (
     "best_epoch",
     "best_validation_loss",
     "seconds",
+    "interrupted",
 )
+_LATER_SCALARS = {"interrupted": False}
+"""Fit scalars added after format version 1 was first written, and their value in older files."""
+_LATER_WEIGHTS = {"output_offset": 0.0, "output_scale": 1.0}
+"""Buffers of the fixed part added after format version 1 was first written, and their value in older files."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,8 @@ def _networks(spec: DesignSpec, c: int, nets: Mapping | None) -> list[nn.Module]
 
 def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> SavedModel:
     spec = spec_from_json(meta["spec"])
-    fit = {name: decode_value(meta["fit"][name]) for name in _FIT_SCALARS}
+    saved = {**_LATER_SCALARS, **meta["fit"]}
+    fit = {name: decode_value(saved[name]) for name in _FIT_SCALARS}
     history_scalars = meta["history"]
     if not spec.family.has_dispersion:  # files of 0.1.0 store None where there is no dispersion
         fit["dispersion"] = 1.0 if fit["dispersion"] is None else fit["dispersion"]
@@ -196,7 +205,9 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> S
         history_scalars = [{**entry, "dispersion": 1.0} if entry.get("dispersion", 1.0) is None else entry for entry in history_scalars]
     _check_fit(spec, fit, arrays, len(history_scalars))
     c = fit["num_outputs"]
-    model = FixedPart(_networks(spec, c, nets), len(fit["fixed_names"]), c)
+    labels = [NetworkOptions.from_term(net.term).label(index) for index, net in enumerate(spec.networks)]
+    model = FixedPart(_networks(spec, c, nets), len(fit["fixed_names"]), c, labels)
+    weights = {**{name: torch.full_like(model.state_dict()[name], value) for name, value in _LATER_WEIGHTS.items()}, **weights}
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -276,10 +287,13 @@ def _check_fit(spec: DesignSpec, fit: dict, arrays: dict, num_epochs: int) -> No
     kinds = {
         "num_outputs": int, "fixed_names": (list, tuple), "dispersion": float, "dispersion_se": float, "converged": bool,
         "messages": (list, tuple), "epochs": int, "best_epoch": (int, type(None)), "best_validation_loss": (float, type(None)), "seconds": float,
+        "interrupted": bool,
     }
+    unknown = {"dispersion_se"} if fit["interrupted"] is True else set()  # an interrupted fit's Monte Carlo errors are NaN
     for name, kind in kinds.items():
         value = fit[name]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool) or (isinstance(value, float) and not math.isfinite(value)):
+        not_finite = isinstance(value, float) and not math.isfinite(value) and not (name in unknown and math.isnan(value))
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool) or not_finite:
             raise ModelFileError(f"the saved fit's {name} is {value!r}, not of the kind it should be")
     if not all(isinstance(text, str) for text in [*fit["fixed_names"], *fit["messages"]]):
         raise ModelFileError("the saved fixed-effect names and messages must be text")
@@ -310,7 +324,10 @@ def _check_fit(spec: DesignSpec, fit: dict, arrays: dict, num_epochs: int) -> No
         array = arrays[key]
         if array.ndim != len(shape) or any(want is not None and have != want for have, want in zip(array.shape, shape)):
             raise ModelFileError(f"the saved array {key} has shape {array.shape}; the design needs {shape} (levels, terms, classes)")
-        if not np.isfinite(array).all():
+        finite = np.isfinite(array)
+        if fit["interrupted"] and key.startswith("covariance_se/"):
+            finite |= np.isnan(array)
+        if not finite.all():
             raise ModelFileError(f"the saved array {key} holds non-finite values")
     for l in range(len(spec.random)):
         S = arrays[f"covariances/{l}"]

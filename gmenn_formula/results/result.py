@@ -63,6 +63,11 @@ class GmennResult:
 
     # -- tables -------------------------------------------------------------
     @property
+    def interrupted(self) -> bool:
+        """True when Ctrl-C ended the fit early: its estimates are those of the last epoch (see ``state.messages``)."""
+        return self.state.interrupted
+
+    @property
     def nobs(self) -> int:
         """Rows used in the fit (after dropping missing values)."""
         return self.state.nobs

@@ -87,7 +87,9 @@ class FitState:
     the gaussian residual variance and its Monte Carlo
     error ``dispersion_se`` (1.0 and 0.0 for the other families); ``nobs`` the rows
     fitted; ``history`` the epoch log; ``converged`` whether EM (and early stopping)
-    ended by its own rule, ``messages`` why not; ``seconds`` the fit's wall time.
+    ended by its own rule, ``messages`` why not (and events such as learning-rate halvings);
+    ``interrupted`` whether Ctrl-C ended the fit early (its Monte Carlo errors are then NaN);
+    ``seconds`` the fit's wall time.
     """
 
     num_outputs: int
@@ -110,3 +112,4 @@ class FitState:
     best_validation_loss: float | None = None
     seconds: float = 0.0
     config: FitConfig = field(default_factory=FitConfig)
+    interrupted: bool = False

@@ -15,6 +15,9 @@ What each default was measured against is in ``docs/engine.md``.
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -25,12 +28,15 @@ GAUSSIAN_TREE_DEPTH = 3
 VARIANCE_TREE_DEPTH = 5
 PAPER_TREE_DEPTH = 10
 SAMPLERS = ("auto", "exact", "whitened", "paper")
+DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]+)?"
 
 
 @dataclass(frozen=True)
 class _Rule:
     """What a setting accepts: ``kind`` int, float, bool or str; a range ``low``..``high``
-    (``open_low``/``open_high``: strict); ``choices`` for strings; ``optional``: None allowed."""
+    (``open_low``/``open_high``: strict); ``choices`` for strings, or a regular expression
+    ``pattern`` they must match in full, described by ``described``; ``optional``: None allowed.
+    Integers include numpy's (stored as int); numbers must be finite."""
 
     kind: type
     low: float | None = None
@@ -38,10 +44,14 @@ class _Rule:
     open_low: bool = False
     open_high: bool = False
     choices: tuple[str, ...] = ()
+    pattern: str = ""
+    described: str = ""
     optional: bool = False
 
     def allowed(self) -> str:
-        if self.choices:
+        if self.described:
+            text = self.described
+        elif self.choices:
             text = " or ".join(repr(c) for c in self.choices)
         else:
             text = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}[self.kind]
@@ -55,15 +65,17 @@ class _Rule:
         if value is None:
             return self.optional
         if self.kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         elif self.kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         else:
             ok = isinstance(value, self.kind)
         if not ok:
             return False
         if self.choices:
             return value in self.choices
+        if self.pattern:
+            return re.fullmatch(self.pattern, value) is not None
         low_ok = self.low is None or (value > self.low if self.open_low else value >= self.low)
         high_ok = self.high is None or (value < self.high if self.open_high else value <= self.high)
         return low_ok and high_ok
@@ -150,7 +162,10 @@ class RuntimeSettings:
     """Where and how the fit runs."""
 
     seed: int = _setting(0, _Rule(int, 0, 2**32 - 1), "seed of numpy, torch and JAX")
-    device: str = _setting("auto", _Rule(str), "torch and JAX device: 'auto' (a GPU when one is seen), 'cpu', 'cuda', 'cuda:N'")
+    device: str = _setting(
+        "auto", _Rule(str, pattern=DEVICE_PATTERN, described="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        "torch and JAX device: 'auto' (a GPU when one is seen), 'cpu', 'cuda', 'cuda:N'",
+    )
     verbose: int = _setting(1, _Rule(int, 0, 2), "1: a progress bar, 0: silent")
 
 
@@ -182,7 +197,8 @@ class FitConfig:
                 raise ControlError(f"Invalid fit setting {name}={value!r}: it must be {rule.allowed()}.")
         grouped: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
         for name, value in control.items():
-            grouped[owners[name][0]][name] = value
+            rule = owners[name][1].metadata["rule"]
+            grouped[owners[name][0]][name] = rule.kind(value) if value is not None and rule.kind in (int, float) else value
         config = cls(**{group: settings(**grouped[group]) for group, settings in _GROUPS.items()})
         config._check_together()
         return config

@@ -6,10 +6,16 @@ part against the draws and sets every covariance to the draws' second moments
 (and the gaussian residual variance to their mean squared residual). The two
 schedules: :func:`~gmenn_formula.training.glmm.fit_glmm` without networks,
 :func:`~gmenn_formula.training.network.fit_network` with them.
+
+Every epoch's variance components pass a :class:`~gmenn_formula.training.guard.VarianceGuard`.
+Ctrl-C (KeyboardInterrupt) between epochs ends the fit with what exists (see
+:func:`_interrupted`), flagged ``interrupted``; a second Ctrl-C while that is assembled, or
+one before the first epoch is logged, goes on to the caller.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -23,10 +29,12 @@ from gmenn_formula.mstep.networks import FixedPart, build_network
 from gmenn_formula.results.state import EpochRecord, FitState
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.glmm import fit_glmm
+from gmenn_formula.training.guard import VarianceGuard
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.network import fit_network
 from gmenn_formula.training.phases import VariancePhases
 from gmenn_formula.training.problem import EMProblem
+from gmenn_formula.training.variance import EffectMoments
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,25 +63,42 @@ def fit_design(
     started = time.perf_counter()
     device = resolve_device(config.runtime.device)
     problem = EMProblem.from_design(design, device)
+    config.estep.kind(problem.family.has_dispersion)  # a sampler the family cannot use: ControlError before any work
     seed = config.runtime.seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     c = problem.num_outputs
     networks = [build_network(spec, inputs, c, nets) for spec, inputs in zip(problem.networks, problem.network_inputs)]
-    model = FixedPart(networks, len(problem.fixed_names), c).to(device)
-    log = EpochLog(progress)
+    labels = [spec.label(index) for index, spec in enumerate(problem.networks)]
+    model = FixedPart(networks, len(problem.fixed_names), c, labels).to(device)
+    guard = VarianceGuard.of(tuple(str(r.term) for r in design.random), problem.family, problem.y)
+
+    def observe(record: EpochRecord) -> None:
+        guard(record)
+        if progress is not None:
+            progress(record)
+
+    log = EpochLog(observe)
     extra = {}
-    if problem.has_networks:
-        phases, stopping = fit_network(problem, model, config, log, rng, generator)
-        converged = stopping.stopped
-        extra = {"best_epoch": stopping.epoch, "best_validation_loss": stopping.loss}
+    try:
+        if problem.has_networks:
+            phases, stopping = fit_network(problem, model, config, log, rng, generator)
+            converged = stopping.stopped
+            extra = {"best_epoch": stopping.epoch, "best_validation_loss": stopping.loss}
+        else:
+            phases, converged = fit_glmm(problem, model, config, log)
+    except KeyboardInterrupt:
+        if not log.records:
+            raise
+        state = _interrupted(problem, model, log, config)
     else:
-        phases, converged = fit_glmm(problem, model, config, log)
-    state = _finish(problem, model, phases, log, converged, config, **extra)
+        state = _finish(problem, model, phases, log, converged, config, **extra)
+        guard.check(state.covariances, state.dispersion, "the final estimate")
     state.seconds = time.perf_counter() - started
     if state.messages:
-        warnings.warn("The fit did not converge: " + " ".join(state.messages), ConvergenceWarning, stacklevel=3)
+        opening = "Convergence warnings: " if state.converged else "The fit did not converge: "
+        warnings.warn(opening + " ".join(state.messages), ConvergenceWarning, stacklevel=3)
     return state
 
 
@@ -98,8 +123,49 @@ def _finish(problem: EMProblem, model: FixedPart, phases: VariancePhases, log: E
         history=log.records,
         converged=converged,
         nobs=problem.num_rows,
-        messages=phases.messages,
+        messages=[*log.messages, *phases.messages],
         epochs=log.last_epoch,
         config=config,
         **extra,
+    )
+
+
+def _interrupted(problem: EMProblem, model: FixedPart, log: EpochLog, config: FitConfig) -> FitState:
+    """The FitState of a fit stopped by Ctrl-C after at least one epoch: the last epoch's
+    covariances and residual variance with unknown (NaN) Monte Carlo errors, the effects'
+    moments from its draws, the fixed part as it stands (a network at its best epoch's weights)."""
+    last = log.records[-1]
+    moments = EffectMoments(list(problem.shapes))
+    moments.add(log.last_draws.effects, last.epoch)
+    covariances = [S.copy() for S in last.covariances]
+    network = "; the network is the best epoch's so far" if problem.has_networks else ""
+    scored = [r for r in log.records if r.validation_loss is not None and math.isfinite(r.validation_loss)]
+    best = min(scored, key=lambda r: r.validation_loss) if scored else None  # the first best, as EarlyStopping keeps
+    message = (
+        f"The fit was interrupted (Ctrl-C) after epoch {last.epoch} ({last.phase} phase): the variance components are "
+        f"that epoch's, their Monte Carlo errors unknown (NaN), and the random effects come from its draws{network}. "
+        "Refit for final estimates."
+    )
+    model.eval()
+    return FitState(
+        num_outputs=problem.num_outputs,
+        model=model.cpu(),
+        fixed_names=problem.fixed_names,
+        covariances=covariances,
+        covariance_se=[np.full_like(S, np.nan) for S in covariances],
+        dispersion=last.dispersion,
+        dispersion_se=math.nan if problem.family.has_dispersion else 0.0,
+        effect_mean=moments.mean(),
+        effect_sd=moments.sd(),
+        draws=moments.draws(),
+        draw_epochs=np.array(moments.stored_epochs, dtype=np.int64),
+        history=log.records,
+        converged=False,
+        nobs=problem.num_rows,
+        messages=[*log.messages, message],
+        epochs=last.epoch,
+        best_epoch=None if best is None else best.epoch,
+        best_validation_loss=None if best is None else best.validation_loss,
+        config=config,
+        interrupted=True,
     )

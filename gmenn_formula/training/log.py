@@ -1,5 +1,6 @@
 """The epoch log: one :class:`~gmenn_formula.results.state.EpochRecord` per EM epoch,
-passed on to a progress callback as it is written."""
+passed on to a progress callback as it is written; the notes of events along the way
+(``messages``); the last epoch's draws (what a fit stopped between epochs reports)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class EpochLog:
     def __init__(self, progress: Callable[[EpochRecord], None] | None = None) -> None:
         self.records: list[EpochRecord] = []
         self.progress = progress
+        self.messages: list[str] = []
+        self.last_draws: EpochDraws | None = None
 
     @property
     def last_epoch(self) -> int:
@@ -52,6 +55,7 @@ class EpochLog:
             validation_loss=None if validation_loss is None else float(validation_loss),
         )
         self.records.append(record)
+        self.last_draws = draws
         if self.progress is not None:
             self.progress(record)
         return record

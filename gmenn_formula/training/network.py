@@ -22,8 +22,9 @@ import torch
 
 from gmenn_formula.errors import ConvergenceError
 from gmenn_formula.mstep.networks import FixedPart
-from gmenn_formula.mstep.step import Rows, expected_nll, random_part, train_epoch
+from gmenn_formula.mstep.step import Rows, expected_nll, intercept_shift, random_part
 from gmenn_formula.training.config import FitConfig
+from gmenn_formula.training.guard import RecoveringTrainer, check_output
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.overlap import DrawAhead, TrainingEStep, torch_threads_beside
 from gmenn_formula.training.phases import VariancePhases
@@ -37,7 +38,8 @@ exponential moving average, a window of ~5 epochs; the running mean over the fir
 
 @dataclass
 class EarlyStopping:
-    """The best epoch so far by validation loss, and the epochs waited since."""
+    """The best epoch so far by validation loss (its network weights, covariances, dispersion and
+    the effects ``center`` (1, q, p, c) per term the validation loss used), and the epochs waited since."""
 
     patience: int
     loss: float = math.inf
@@ -45,14 +47,17 @@ class EarlyStopping:
     weights: dict | None = None
     covariances: list[np.ndarray] = field(default_factory=list)
     dispersion: float = 1.0
+    center: tuple[torch.Tensor, ...] = ()
     waited: int = 0
 
-    def update(self, epoch: int, loss: float, model: FixedPart, covariances: list[np.ndarray], dispersion: float) -> bool:
+    def update(
+        self, epoch: int, loss: float, model: FixedPart, covariances: list[np.ndarray], dispersion: float, center: tuple[torch.Tensor, ...]
+    ) -> bool:
         """Record epoch ``epoch``; True when patience has run out."""
         if loss < self.loss:
             self.loss, self.epoch, self.waited = loss, epoch, 0
             self.weights = copy.deepcopy(model.state_dict())
-            self.covariances, self.dispersion = [S.copy() for S in covariances], dispersion
+            self.covariances, self.dispersion, self.center = [S.copy() for S in covariances], dispersion, center
             return False
         self.waited += 1
         return self.stopped
@@ -60,6 +65,31 @@ class EarlyStopping:
     @property
     def stopped(self) -> bool:
         return self.waited >= self.patience
+
+
+def start_on_response_scale(problem: EMProblem, model: FixedPart, rows: Rows) -> None:
+    """Put the networks on the response's scale on ``rows``: for gaussian, ``output_scale`` (c,)
+    the response's sd, so that outputs of order 1 span it (a Linear(1, 1) net learnt a tenth of
+    sleepstudy's slope in 2,000 Adam steps without it); then ``output_offset`` (c,) so that, with
+    the networks at their initial weights and no random effects, the fixed part fits ``rows``
+    best: the link of the mean response, near enough (the mean for gaussian, the logit of the
+    share for binomial, the log mean for poisson, log class shares for categorical)."""
+    with torch.no_grad():
+        if problem.family.has_dispersion:
+            model.output_scale.fill_(max(float(rows.y.std()), 1e-6))
+    shift = intercept_shift(problem.family, predict_fixed(model, rows), rows)
+    with torch.no_grad():
+        model.output_offset += shift
+
+
+def _centre_effects(model: FixedPart, center: tuple[torch.Tensor, ...], rows: Rows) -> None:
+    """Move the mean over ``rows`` of the random part (the effects ``center`` (1, q, p, c) per term)
+    into ``output_offset``: a network biased by a constant leaves that constant to the random
+    effects, whose variance it inflates (a network left dead by learning_rate=10 gave a subject
+    variance of 990 where the linear model gives 576), and with the network frozen EM cannot move it back."""
+    if center:
+        with torch.no_grad():
+            model.output_offset += random_part(center, rows).mean(dim=(0, 1))
 
 
 def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: EpochLog, rng: np.random.Generator, generator: torch.Generator) -> tuple[VariancePhases, EarlyStopping]:
@@ -71,6 +101,8 @@ def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: Ep
     validation, train_index = np.sort(order[:num_validation]), np.sort(order[num_validation:])
     index = torch.as_tensor(train_index, device=problem.device)
     train_rows, val_rows = problem.rows.take(index), problem.rows.take(torch.as_tensor(validation, device=problem.device))
+    check_output(model, problem.rows, "at the network's initial weights")
+    start_on_response_scale(problem, model, train_rows)
     dispersion, scale = initial_dispersion(problem, model, train_rows)
     covariances = problem.initial_covariances(scale)
     # One E-step for both phases: compiled on all rows, conditioned on the training rows while the network
@@ -83,32 +115,40 @@ def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: Ep
         problem, estep, index, train_rows, estimation.training_draws, estimation.burn_in,
         training.penalty_for(True), config.convergence.parameter_expansion,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
+    trainer = RecoveringTrainer(model, problem.family, train_rows, problem.rows, training.learning_rate, training.batch_size, generator, log.messages)
     stopping = EarlyStopping(training.patience)
     center: tuple[torch.Tensor, ...] = ()
     ahead = DrawAhead() if training.overlap_estep else None
     epoch = 0
     with torch_threads_beside(ahead, problem.device):
-        for epoch in range(1, training.max_epochs(True) + 1):
-            started = time.perf_counter()
-            if ahead is not None and ahead.pending:
-                inputs, waited = ahead.take()
-            else:
-                inputs = make_inputs(model, covariances, dispersion)
-                waited = inputs.seconds
-            covariances = inputs.covariances
+        try:
+            for epoch in range(1, training.max_epochs(True) + 1):
+                started = time.perf_counter()
+                if ahead is not None and ahead.pending:
+                    inputs, waited = ahead.take()
+                else:
+                    inputs = make_inputs(model, covariances, dispersion)
+                    waited = inputs.seconds
+                covariances = inputs.covariances
+                if ahead is not None:
+                    ahead.submit(make_inputs, model, covariances, inputs.dispersion)
+                loss = trainer.epoch(epoch, inputs.offsets, dispersion)
+                dispersion = inputs.dispersion
+                means = tuple(B.mean(0, keepdim=True) for B in inputs.effects)
+                weight = max(1.0 / epoch, VALIDATION_SMOOTHING)
+                center = tuple((1 - weight) * old + weight * new for old, new in zip(center, means)) if center else means
+                val_loss = _validation_loss(problem, model, val_rows, center, dispersion)
+                seconds = time.perf_counter() - started
+                stop = stopping.update(epoch, val_loss, model, covariances, dispersion, center)
+                log.add("train", covariances, dispersion, inputs.draws, inputs.seconds, seconds - waited, seconds, loss, val_loss)
+                if stop:
+                    break
+        except BaseException:  # an error or Ctrl-C: stop the worker; Ctrl-C goes on with the best weights
             if ahead is not None:
-                ahead.submit(make_inputs, model, covariances, inputs.dispersion)
-            loss = train_epoch(model, optimizer, problem.family, train_rows, inputs.offsets, dispersion, training.batch_size, generator)
-            dispersion = inputs.dispersion
-            means = tuple(B.mean(0, keepdim=True) for B in inputs.effects)
-            weight = max(1.0 / epoch, VALIDATION_SMOOTHING)
-            center = tuple((1 - weight) * old + weight * new for old, new in zip(center, means)) if center else means
-            val_loss = _validation_loss(problem, model, val_rows, center, dispersion)
-            seconds = time.perf_counter() - started
-            log.add("train", covariances, dispersion, inputs.draws, inputs.seconds, seconds - waited, seconds, loss, val_loss)
-            if stopping.update(epoch, val_loss, model, covariances, dispersion):
-                break
+                ahead.cancel()
+            if stopping.weights is not None:
+                model.load_state_dict(stopping.weights)
+            raise
         if ahead is not None:
             ahead.close()
     if stopping.weights is None:
@@ -117,6 +157,7 @@ def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: Ep
             "Lower learning_rate= or check the network and the inputs."
         )
     model.load_state_dict(stopping.weights)
+    _centre_effects(model, stopping.center, problem.rows)
     estep.set_weights(np.ones(problem.num_rows))
     estep.use_sampler(sampler_config(problem, config, chunk, variances=True))
     phases = VariancePhases(problem, model, estep, config, log, stopping.covariances, stopping.dispersion, fit_beta=False)

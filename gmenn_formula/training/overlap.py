@@ -99,6 +99,12 @@ class DrawAhead:
             self.future = None
         self.executor.shutdown()
 
+    def cancel(self) -> None:
+        """Stop the worker after an error or Ctrl-C: wait for a running E-step (a thread cannot be
+        killed) and drop its result or error."""
+        self.future = None
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
 
 @contextmanager
 def torch_threads_beside(ahead: DrawAhead | None, device: torch.device):
