@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-full bench-engine bench-lme4 bench-lme4-full r-lme4 clean
+.PHONY: demo test test-slow bench bench-full bench-engine bench-speed bench-lme4 bench-lme4-full r-lme4 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ r-lme4:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(R_PACKAGES); \
 	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(R_PACKAGES); \
 	else echo "R/lme4 missing and no root: install $(R_PACKAGES); the benchmark reports lme4 as not installed"; fi
+
+# Whole-fit speed against Ignore / GPBoost in the same run (benchmarks/speed.py, a few minutes).
+bench-speed: $(BENCH_STAMP)
+	$(PY) benchmarks/speed.py
 
 bench-lme4: $(BENCH_STAMP) r-lme4
 	$(PY) benchmarks/glmm_vs_lme4.py

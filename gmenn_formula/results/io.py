@@ -72,8 +72,9 @@ _FIT_SCALARS = (
     "best_validation_loss",
     "seconds",
     "interrupted",
+    "closed_form",
 )
-_LATER_SCALARS = {"interrupted": False}
+_LATER_SCALARS = {"interrupted": False, "closed_form": False}
 """Fit scalars added after format version 1 was first written, and their value in older files."""
 _LATER_WEIGHTS = {"output_offset": 0.0, "output_scale": 1.0}
 """Buffers of the fixed part added after format version 1 was first written, and their value in older files."""
@@ -287,7 +288,7 @@ def _check_fit(spec: DesignSpec, fit: dict, arrays: dict, num_epochs: int) -> No
     kinds = {
         "num_outputs": int, "fixed_names": (list, tuple), "dispersion": float, "dispersion_se": float, "converged": bool,
         "messages": (list, tuple), "epochs": int, "best_epoch": (int, type(None)), "best_validation_loss": (float, type(None)), "seconds": float,
-        "interrupted": bool,
+        "interrupted": bool, "closed_form": bool,
     }
     unknown = {"dispersion_se"} if fit["interrupted"] is True else set()  # an interrupted fit's Monte Carlo errors are NaN
     for name, kind in kinds.items():

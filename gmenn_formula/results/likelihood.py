@@ -18,8 +18,9 @@ Estimators (``method="auto"`` takes the first that applies):
 
 - ``"exact"`` (gaussian): y ~ N(F, s2 I + Z G Z'), with G = L L' the block
   diagonal prior covariance of all D effects. log|V| and y'V^-1 y come from a
-  sparse LU factorisation of the D x D matrix I + L'Z'Z L / s2 (matrix
-  determinant lemma and Woodbury). With one grouping factor the matrix is
+  blocked factorisation of the D x D matrix I + L'Z'Z L / s2 (matrix
+  determinant lemma and Woodbury; ``design/sparse.py``: the largest term per
+  level, a Cholesky of the others' Schur complement). With one grouping factor the matrix is
   block diagonal, one block per level, so this is exact at any size; with
   crossed factors it is used up to ``EXACT_MAX_EFFECTS`` effects in all.
 - per-level importance sampling (every random term on ONE grouping factor,
@@ -62,10 +63,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sparse
-from scipy.sparse.linalg import splu
 from scipy.special import gammaln, logsumexp
 
 from gmenn_formula.design import Design
+from gmenn_formula.design.sparse import PenalizedSystem, factored_design
 from gmenn_formula.errors import DataError
 from gmenn_formula.results.state import FitState
 
@@ -262,22 +263,14 @@ def _gaussian_exact(design: Design, state: FitState, F: np.ndarray) -> float:
     n = design.num_rows
     residual = design.response.y - F[:, 0]
     s2 = float(state.dispersion)
-    rows, cols, vals = [], [], []
-    offset = 0
-    for r, S in zip(design.random, state.covariances):
-        p = len(r.term_names)
-        W = r.Z @ _roots(S)[0]  # (n, p): row i's whitened columns
-        rows.append(np.repeat(np.arange(n), p))
-        cols.append((offset + r.codes.astype(np.int64)[:, None] * p + np.arange(p)).ravel())
-        vals.append(W.ravel())
-        offset += r.num_levels * p
-    M = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, offset))
-    A = (sparse.identity(offset, format="csc") + (M.T @ M).tocsc() / s2).tocsc()
-    lu = splu(A, permc_spec="MMD_AT_PLUS_A")
-    logdet = float(np.log(np.abs(lu.U.diagonal())).sum())
+    order = sorted(range(len(design.random)), key=lambda l: -design.random[l].num_levels * len(design.random[l].term_names))
+    terms = [design.random[l] for l in order]
+    roots = [_roots(state.covariances[l])[0] / math.sqrt(s2) for l in order]
+    M = factored_design([r.codes for r in terms], [r.Z for r in terms], [r.num_levels for r in terms], roots)
+    system = PenalizedSystem.of(sparse.identity(M.shape[1], format="csr") + M.T @ M, terms[0].num_levels, len(terms[0].term_names))
     Mr = M.T @ residual
-    quadratic = (residual @ residual - Mr @ lu.solve(Mr) / s2) / s2
-    return float(-0.5 * (n * math.log(2 * math.pi * s2) + logdet + quadratic))
+    quadratic = (residual @ residual / s2) - Mr @ system.solve(Mr) / s2
+    return float(-0.5 * (n * math.log(2 * math.pi * s2) + system.logdet + quadratic))
 
 
 class _Proposal:

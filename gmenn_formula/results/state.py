@@ -89,6 +89,8 @@ class FitState:
     fitted; ``history`` the epoch log; ``converged`` whether EM (and early stopping)
     ended by its own rule, ``messages`` why not (and events such as learning-rate halvings);
     ``interrupted`` whether Ctrl-C ended the fit early (its Monte Carlo errors are then NaN);
+    ``closed_form`` whether the variance components are the gaussian maximum likelihood in closed
+    form (then no Monte Carlo error; the effects' moments still come from exact draws);
     ``seconds`` the fit's wall time.
     """
 
@@ -113,3 +115,4 @@ class FitState:
     seconds: float = 0.0
     config: FitConfig = field(default_factory=FitConfig)
     interrupted: bool = False
+    closed_form: bool = False

@@ -138,8 +138,11 @@ class Summary:
         config = state.config
         kind = "Generalized mixed effects neural network" if result.spec.networks else "Generalized linear mixed model"
         family = result.family
+        method = "maximum likelihood (closed form)" if state.closed_form else f"Monte Carlo EM ({SAMPLER_NAMES[self.sampler]} E-step)"
+        if state.closed_form and result.spec.networks:
+            method = f"Monte Carlo EM ({SAMPLER_NAMES[self.sampler]} E-step), variances by maximum likelihood in closed form"
         return [
-            f"{kind} fit by Monte Carlo EM ({SAMPLER_NAMES[self.sampler]} E-step) ['gmenn']",
+            f"{kind} fit by {method} ['gmenn']",
             f" Family: {family.name}  ( {family.link} )",
             f"Formula: {result.formula}",
             f"   Data: {result.nobs} rows" + (f" ({result.design.num_dropped} dropped for missing values)" if result.design.num_dropped else ""),

@@ -155,6 +155,9 @@ class ConvergenceSettings:
     mcse_target: float = _setting(0.02, _Rule(float, 0, open_low=True), "Monte Carlo error sought, relative to each variance")
     parameter_expansion: bool = _setting(True, _Rule(bool), "parameter-expanded EM until averaging starts")
     final_epochs: int = _setting(10, _Rule(int, 1), "EM epochs on all rows with the network frozen, before averaging")
+    closed_form: bool = _setting(
+        True, _Rule(bool), "gaussian models with the exact E-step: maximise the likelihood in closed form (as lme4) instead of EM"
+    )
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ def _finish(problem: EMProblem, model: FixedPart, phases: VariancePhases, log: E
         messages=[*log.messages, *phases.messages],
         epochs=log.last_epoch,
         config=config,
+        closed_form=phases.closed_form,
         **extra,
     )
 

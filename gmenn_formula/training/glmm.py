@@ -1,5 +1,6 @@
 """The schedule of a plain GLMM (no ``nn()``): all rows, the linear fixed effects by an exact
-Newton M-step in every epoch, EM until the parameters settle, then averaging. With the
+Newton M-step in every epoch, EM until the parameters settle, then Newton blocks (or, for gaussian
+models, the closed-form maximum likelihood: :meth:`VariancePhases.run`). With the
 paper's lambda at 0 the fixed point is the maximum likelihood estimate (lme4's ``REML = FALSE``)."""
 
 from __future__ import annotations
@@ -27,6 +28,4 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     dispersion, scale = initial_dispersion(problem, model, rows)
     estep = make_estep(problem, config, sampler_config(problem, config, config.estep.draws, variances=True), np.ones(problem.num_rows))
     phases = VariancePhases(problem, model, estep, config, log, problem.initial_covariances(scale), dispersion, fit_beta=True)
-    settled = phases.em(config.training.max_epochs(False), settle=True)
-    phases.estimate()
-    return phases, settled
+    return phases, phases.run(config.training.max_epochs(False), settle=True)

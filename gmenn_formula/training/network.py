@@ -166,8 +166,7 @@ def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: Ep
             f"Early stopping did not trigger within {epoch} epochs (patience {training.patience}); "
             "the best epoch's network is used. Increase epochs= for a longer fit."
         )
-    phases.em(config.convergence.final_epochs, settle=False)
-    phases.estimate()
+    phases.run(config.convergence.final_epochs, settle=False)
     return phases, stopping
 
 

@@ -28,6 +28,7 @@ from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.mstep.step import newton_fixed_effects
 from gmenn_formula.training.averaging import MAX_Z, Averager, precise, stationary_se
 from gmenn_formula.training.config import FitConfig
+from gmenn_formula.training.gaussian_ml import direct_fit_applies, fit_gaussian_ml
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.newton import MissingInformation, ParameterLayout, unit_groups
 from gmenn_formula.training.problem import EMProblem
@@ -104,6 +105,55 @@ class VariancePhases:
         """The exact M-step of beta given ``effects``: (beta (k, c), expected NLL per row); the model keeps it."""
         loss = newton_fixed_effects(self.model, self.problem.family, self.problem.rows, effects, self.dispersion)
         return self.model.beta.detach().cpu().numpy().copy(), loss
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether the variance components come from the closed-form maximum likelihood (gaussian
+        models with the exact E-step, whose sparse factorisation stays small) instead of EM."""
+        exact = self.config.estep.kind(self.problem.family.has_dispersion) == "exact"
+        return self.config.convergence.closed_form and exact and direct_fit_applies(self.problem.terms, nested=len(self.groups) == 1)
+
+    def run(self, max_epochs: int, settle: bool) -> bool:
+        """Estimate the variance components: :meth:`maximise` where :attr:`closed_form`, else
+        :meth:`em` (``max_epochs``, ``settle``) then :meth:`estimate`. Returns whether EM settled
+        (True for the closed form)."""
+        if self.closed_form:
+            self.maximise()
+            return True
+        settled = self.em(max_epochs, settle)
+        self.estimate()
+        return settled
+
+    def maximise(self) -> None:
+        """The gaussian maximum likelihood in closed form (:mod:`~gmenn_formula.training.gaussian_ml`),
+        the fixed part held (or, for plain GLMMs, its linear effects estimated with it); then up to
+        ``window`` epochs of exact draws at the estimate (no more than the draws kept) give the
+        reported effects. Monte Carlo error 0; each epoch's ``loss`` is the marginal NLL per row."""
+        started = time.perf_counter()
+        rows = self.problem.rows
+        if self.fit_beta:
+            y, X = rows.y - rows.offset, rows.X_fixed
+        else:
+            y, X = rows.y - predict_fixed(self.model, rows)[:, 0], rows.X_fixed[:, :0]
+        ml = fit_gaussian_ml(self.problem.terms, y.cpu().numpy(), X.cpu().numpy(), self.problem.correlated)
+        if not ml.converged:
+            self.messages.append(f"The likelihood maximisation stopped before converging ({ml.message}); check the model.")
+        self.covariances, self.dispersion = ml.covariances, ml.dispersion
+        beta = ml.beta.reshape(-1, 1) if self.fit_beta else None
+        if beta is not None:
+            self.set_beta(beta)
+        theta = self.layout.flatten(self.covariances, self.dispersion, beta)
+        self.result = Estimate(theta, np.zeros_like(theta))
+        self.moments = EffectMoments(list(self.problem.shapes))
+        maximised, loss = time.perf_counter() - started, -ml.loglik / self.problem.num_rows
+        per_epoch = self.block_draws
+        for _ in range(min(self.config.convergence.window, max(1, self.moments.max_draws // per_epoch))):
+            started = time.perf_counter()
+            draws, _, estep_seconds = self._draw(per_epoch)
+            self.moments.add(draws.effects, self.log.last_epoch + 1)
+            seconds = time.perf_counter() - started - estep_seconds + maximised
+            self.log.add("average", self.covariances, self.dispersion, draws, estep_seconds, seconds, loss=loss)
+            maximised = 0.0
 
     def em(self, max_epochs: int, settle: bool) -> bool:
         """Up to ``max_epochs`` EM epochs; with ``settle``, stop once the parameters settle

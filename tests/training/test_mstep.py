@@ -73,8 +73,8 @@ def test_parameter_expansion_reaches_a_boundary_variance_in_few_epochs():
     within a few windows and reads it near 0."""
     sim = paper_scenario(rows=6000, features=2, family="gaussian", nonlinear=False, levels=(300, 300), variances=(1e-4, 0.5), seed=3)
     design = gf.design(sim.formula, sim.data, family="gaussian")
-    expanded = fit_design(design, gf.FitConfig.from_control(verbose=0, epochs=150, max_average_epochs=40))
-    plain = fit_design(design, gf.FitConfig.from_control(verbose=0, epochs=150, max_average_epochs=40, parameter_expansion=False))
+    expanded = fit_design(design, gf.FitConfig.from_control(verbose=0, epochs=150, max_average_epochs=40, closed_form=False))
+    plain = fit_design(design, gf.FitConfig.from_control(verbose=0, epochs=150, max_average_epochs=40, parameter_expansion=False, closed_form=False))
     em_epochs = [sum(h.phase == "em" for h in fit.history) for fit in (expanded, plain)]
     print("EM epochs with and without expansion:", em_epochs, "g0 variances:", expanded.covariances[0], plain.covariances[0])
     assert em_epochs[0] < 60

@@ -32,7 +32,7 @@ def _fit(formula: str, nets=None) -> gf.GmennResult:
     ("formula", "nets"),
     [
         ("Reaction ~ nn(Days) + (1 | Subject)", None),
-        ("Reaction ~ nn(Days, net='linear') + (1 | Subject)", {"linear": torch.nn.Linear(1, 1)}),
+        ("Reaction ~ nn(Days, net='linear') + (1 | Subject)", {"linear": lambda inputs, outputs: torch.nn.Linear(inputs, outputs)}),  # built after the fit's seed
     ],
     ids=["default-mlp", "user-module"],
 )

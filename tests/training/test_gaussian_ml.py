@@ -1,0 +1,85 @@
+"""The closed-form gaussian maximum likelihood: the blocked factorisation against dense algebra, the
+profiled deviance against the dense marginal likelihood, and recovery of known variances."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import sparse
+from scipy.stats import multivariate_normal
+
+from gmenn_formula.design.sparse import PenalizedSystem, factored_design
+from gmenn_formula.estep.arrays import TermArrays
+from gmenn_formula.training.gaussian_ml import MAX_OFF_FACTOR_EFFECTS, ProfiledDeviance, direct_fit_applies, fit_gaussian_ml
+
+
+def _terms(rng, n, levels, coefs):
+    terms = []
+    for q, p in zip(levels, coefs):
+        Z = np.column_stack([np.ones(n)] + [rng.normal(size=n) for _ in range(p - 1)]).astype(np.float32)
+        terms.append(TermArrays(rng.integers(0, q, n).astype(np.int32), Z, q))
+    return terms
+
+
+def _dense_Z(terms):
+    return factored_design([t.codes for t in terms], [t.Z for t in terms], [t.num_levels for t in terms], [np.eye(t.num_coefs) for t in terms]).toarray()
+
+
+@pytest.mark.parametrize("dense_limit", [5_000, 3])
+def test_blocked_factorisation_matches_dense_algebra(monkeypatch, dense_limit):
+    monkeypatch.setattr(PenalizedSystem, "DENSE_SCHUR", dense_limit)
+    rng = np.random.default_rng(0)
+    terms = _terms(rng, 300, [40, 7, 5], [2, 1, 2])
+    roots = [np.linalg.cholesky(np.array([[1.0, 0.3], [0.3, 0.5]])), np.array([[0.7]]), np.diag([0.4, 0.9])]
+    M = factored_design([t.codes for t in terms], [t.Z for t in terms], [t.num_levels for t in terms], roots)
+    A = sparse.identity(M.shape[1], format="csr") + M.T @ M
+    system = PenalizedSystem.of(A, 40, 2)
+    dense = A.toarray()
+    assert system.logdet == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-10)
+    b = rng.normal(size=(M.shape[1], 3))
+    np.testing.assert_allclose(system.solve(b), np.linalg.solve(dense, b), rtol=1e-8, atol=1e-10)
+
+
+def test_profiled_deviance_is_the_dense_marginal_likelihood():
+    rng = np.random.default_rng(1)
+    n = 120
+    terms = _terms(rng, n, [9, 6], [2, 1])
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = X @ [1.0, -2.0] + rng.normal(size=n)
+    deviance = ProfiledDeviance(tuple(terms), y, X, (True, False))
+    theta = np.array([0.8, 0.3, 0.5, 1.2])
+    value, r2, beta = deviance.solve(theta)
+    s2 = r2 / n
+    Z = _dense_Z(terms)
+    factors = deviance.factors(theta)
+    G = sparse.block_diag([np.kron(np.eye(t.num_levels), s2 * L @ L.T) for t, L in zip(terms, factors)]).toarray()
+    V = s2 * np.eye(n) + Z @ G @ Z.T
+    assert -0.5 * value == pytest.approx(multivariate_normal(X @ beta, V).logpdf(y), rel=1e-9)
+    # beta is the GLS estimate at these covariances
+    Vinv = np.linalg.inv(V)
+    np.testing.assert_allclose(beta, np.linalg.solve(X.T @ Vinv @ X, X.T @ Vinv @ y), rtol=1e-8)
+
+
+def test_crossed_variances_are_recovered():
+    rng = np.random.default_rng(2)
+    n = 6_000
+    terms = _terms(rng, n, [300, 40], [1, 1])
+    effects = [rng.normal(0, math.sqrt(v), t.num_levels) for t, v in zip(terms, [0.5, 0.2])]
+    y = 3.0 + sum(e[t.codes] for e, t in zip(effects, terms)) + rng.normal(0, 1.0, n)
+    fit = fit_gaussian_ml(tuple(terms), y, np.ones((n, 1)), (False, False))
+    assert fit.converged
+    realised = [float(np.var(e)) for e in effects]
+    assert fit.covariances[0][0, 0, 0] == pytest.approx(realised[0], rel=0.2)
+    assert fit.covariances[1][0, 0, 0] == pytest.approx(realised[1], rel=0.35)
+    assert fit.dispersion == pytest.approx(1.0, rel=0.05)
+    assert fit.beta[0] == pytest.approx(3.0, abs=0.3)
+
+
+def test_direct_fit_applies_when_the_factorisation_stays_small():
+    small = TermArrays(np.zeros(4, np.int32), np.ones((4, 1), np.float32), 10)
+    big = TermArrays(np.zeros(4, np.int32), np.ones((4, 1), np.float32), 100_000)
+    other = TermArrays(np.zeros(4, np.int32), np.ones((4, 1), np.float32), MAX_OFF_FACTOR_EFFECTS + 1)
+    assert direct_fit_applies((big,), nested=False)
+    assert direct_fit_applies((big, small), nested=False)
+    assert not direct_fit_applies((big, other), nested=False)
+    assert direct_fit_applies((big, other), nested=True)
