@@ -142,7 +142,7 @@ def nn_rows(names: tuple[str, ...], rows: int) -> list[dict]:
 def markdown(table: list[dict]) -> str:
     columns = list(table[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in table])
+    return "\n".join(lines + ["| " + " | ".join(str(row[c]).replace("|", "\\|") for c in columns) + " |" for row in table])
 
 
 def main(argv: list[str] | None = None) -> None:

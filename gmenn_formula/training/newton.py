@@ -133,9 +133,9 @@ class ParameterLayout:
 
     def allowed_errors(self, theta: np.ndarray, target: float) -> np.ndarray:
         """Monte Carlo error allowed for each variance parameter (num_variance,): ``target`` times
-        its scale (sqrt(S_aa S_bb), floored at 1% of the largest variance or of the residual
-        variance, 1 on the link scale of a family without one), or SAMPLING_SHARE of its sampling
-        standard error, whichever is larger. The sampling error of an entry from q levels is about
+        its scale (sqrt(S_aa S_bb)), 1% of the largest variance or of the residual variance (1 on
+        the link scale of a family without one), or SAMPLING_SHARE of its sampling standard
+        error, whichever is largest. The sampling error of an entry from q levels is about
         sqrt((S_aa S_bb + S_ab^2) / q) (Wishart): 45% of a variance with 10 levels, where a tighter
         Monte Carlo error buys nothing. The floor keeps variances near 0 from demanding endless
         averaging."""
@@ -148,9 +148,9 @@ class ParameterLayout:
                 for a, b in e:
                     product = max(S[k, a, a] * S[k, b, b], 0.0)
                     sampling = np.sqrt((product + S[k, a, b] ** 2) / q)
-                    parts.append(max(target * max(np.sqrt(product), floor), SAMPLING_SHARE * sampling))
+                    parts.append(max(target * np.sqrt(product), floor, SAMPLING_SHARE * sampling))
         if self.dispersion:
-            parts.append(target * max(dispersion, floor))
+            parts.append(max(target * dispersion, floor))
         return np.array(parts)
 
     def levels(self) -> np.ndarray:
