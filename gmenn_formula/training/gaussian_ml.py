@@ -36,11 +36,13 @@ toward a dense matrix of this size (one factor, or factors nested in one, stay s
 @dataclass(frozen=True)
 class GaussianML:
     """The ML estimates: ``covariances`` per term (1, p, p), the residual variance ``dispersion``,
-    ``beta`` (k,), the maximised log-likelihood ``loglik`` and the deviance evaluations used."""
+    ``beta`` (k,), the effects' conditional means ``effects`` per term (q, p, 1) at the estimate,
+    the maximised log-likelihood ``loglik`` and the deviance evaluations used."""
 
     covariances: list[np.ndarray]
     dispersion: float
     beta: np.ndarray
+    effects: list[np.ndarray]
     loglik: float
     evaluations: int
     converged: bool
@@ -106,6 +108,23 @@ class ProfiledDeviance:
 
     def solve(self, theta: np.ndarray) -> tuple[float, float, np.ndarray]:
         """(deviance, r2, beta (k,)) at ``theta``; r2 = y'y - x'c at the solution x of the normal equations."""
+        deviance, r2, beta, _ = self.solution(theta)
+        return deviance, r2, beta
+
+    def conditional_means(self, theta: np.ndarray) -> list[np.ndarray]:
+        """E[b | y] per term (q, p, 1), in the order of ``terms``, at ``theta`` (and its beta)."""
+        u = self.solution(theta)[3]
+        factors = self.factors(theta)
+        means, offset = [None] * len(self.terms), 0
+        for l in self.order:
+            t = self.terms[l]
+            size = t.num_levels * t.num_coefs
+            means[l] = (u[offset : offset + size].reshape(t.num_levels, t.num_coefs) @ factors[l].T)[:, :, None]
+            offset += size
+        return means
+
+    def solution(self, theta: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """(deviance, r2, beta (k,), u (D,)) at ``theta``, u the spherical effects (b = Lambda u), terms largest first."""
         self.evaluations += 1
         factors = [self.factors(theta)[l] for l in self.order]
         Lambda = block_diagonal(factors, self.levels)
@@ -126,7 +145,7 @@ class ProfiledDeviance:
         u = cy - CX @ beta
         r2 = max(self.yy - float(u @ My) - float(beta @ self.Xy), 1e-300)
         deviance = system.logdet + self.n * (1.0 + math.log(2.0 * math.pi * r2 / self.n))
-        return deviance, r2, beta
+        return deviance, r2, beta, u
 
     def _scaled_gram22(self, Lambda2: sparse.csr_matrix) -> np.ndarray | sparse.spmatrix:
         """I + Lambda2' G22 Lambda2 (D2, D2), dense where G22 is (elementwise when Lambda2 is diagonal)."""
@@ -153,4 +172,5 @@ def fit_gaussian_ml(terms: tuple[TermArrays, ...], y: np.ndarray, X: np.ndarray,
     value, r2, beta = deviance.solve(found.x)
     s2 = r2 / deviance.n
     covariances = [(s2 * L @ L.T)[None] for L in deviance.factors(found.x)]
-    return GaussianML(covariances, s2, beta, -0.5 * value, deviance.evaluations, bool(found.success), str(found.message))
+    effects = deviance.conditional_means(found.x)
+    return GaussianML(covariances, s2, beta, effects, -0.5 * value, deviance.evaluations, bool(found.success), str(found.message))

@@ -128,7 +128,7 @@ class VariancePhases:
         """The gaussian maximum likelihood in closed form (:mod:`~gmenn_formula.training.gaussian_ml`),
         the fixed part held (or, for plain GLMMs, its linear effects estimated with it); then up to
         ``window`` epochs of exact draws at the estimate (no more than the draws kept) give the
-        reported effects. Monte Carlo error 0; each epoch's ``loss`` is the marginal NLL per row."""
+        effects' sds and stored draws; their means are the exact conditional means. Monte Carlo error 0; each epoch's ``loss`` is the marginal NLL per row."""
         started = time.perf_counter()
         rows = self.problem.rows
         if self.fit_beta:
@@ -145,6 +145,7 @@ class VariancePhases:
         theta = self.layout.flatten(self.covariances, self.dispersion, beta)
         self.result = Estimate(theta, np.zeros_like(theta))
         self.moments = EffectMoments(list(self.problem.shapes))
+        self.moments.exact_mean = ml.effects
         maximised, loss = time.perf_counter() - started, -ml.loglik / self.problem.num_rows
         per_epoch = self.block_draws
         for _ in range(min(self.config.convergence.window, max(1, self.moments.max_draws // per_epoch))):

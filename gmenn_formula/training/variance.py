@@ -144,6 +144,8 @@ class EffectMoments:
         size = sum(int(np.prod(s)) for s in shapes) * 4
         self.max_draws = max(2, max_draws or min(200, MAX_STORED_DRAW_BYTES // max(size, 1)))
         self.stride = 1
+        self.exact_mean: list[np.ndarray] | None = None
+        """Conditional means known in closed form (the gaussian ML), reported instead of the draws' mean."""
 
     def add(self, effects: tuple[np.ndarray, ...], epoch: int = 0) -> None:
         """One epoch's draws (m, q, p, c) per term; ``epoch`` is recorded with each stored draw."""
@@ -162,10 +164,14 @@ class EffectMoments:
         self.count += effects[0].shape[0] if effects else 0
 
     def mean(self) -> list[np.ndarray]:
+        """Per term (q, p, c): ``exact_mean`` where set, else the draws' mean."""
+        return self.exact_mean if self.exact_mean is not None else self._draw_mean()
+
+    def _draw_mean(self) -> list[np.ndarray]:
         return [s / max(self.count, 1) for s in self.sum]
 
     def sd(self) -> list[np.ndarray]:
-        return [np.sqrt(np.maximum(q / max(self.count, 1) - m**2, 0.0)) for q, m in zip(self.sum_sq, self.mean())]
+        return [np.sqrt(np.maximum(q / max(self.count, 1) - m**2, 0.0)) for q, m in zip(self.sum_sq, self._draw_mean())]
 
     def draws(self) -> list[np.ndarray]:
         return [np.stack(d) if d else np.zeros((0, *s)) for d, s in zip(self.stored, self.shapes)]

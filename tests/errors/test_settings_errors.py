@@ -71,6 +71,8 @@ def no_fitting(monkeypatch):
         ({"validation_fraction": 0.5}, ["validation_fraction=0.5", "a number > 0 and < 0.5"]),
         ({"penalty": -0.5}, ["penalty=-0.5", "a number >= 0"]),
         ({"overlap_estep": "no"}, ["overlap_estep='no'", "True or False"]),
+        ({"closed_form": "yes"}, ["closed_form='yes'", "True or False"]),
+        ({"closed_form": 1}, ["closed_form=1", "True or False"]),
         ({"sampler": "nuts"}, ["sampler='nuts'", "'auto' or 'exact' or 'whitened' or 'paper'"]),
         ({"max_tree_depth": 13}, ["max_tree_depth=13", "an integer >= 1 and <= 12"]),
         ({"tolerance": 0}, ["tolerance=0", "a number > 0"]),

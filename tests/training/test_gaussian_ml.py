@@ -58,6 +58,10 @@ def test_profiled_deviance_is_the_dense_marginal_likelihood():
     # beta is the GLS estimate at these covariances
     Vinv = np.linalg.inv(V)
     np.testing.assert_allclose(beta, np.linalg.solve(X.T @ Vinv @ X, X.T @ Vinv @ y), rtol=1e-8)
+    # the conditional means are the BLUPs G Z' V^-1 (y - X beta)
+    blup = G @ Z.T @ Vinv @ (y - X @ beta)
+    means = np.concatenate([m[:, :, 0].ravel() for m in deviance.conditional_means(theta)])
+    np.testing.assert_allclose(means, blup, rtol=1e-7, atol=1e-9)
 
 
 def test_crossed_variances_are_recovered():
