@@ -107,25 +107,15 @@ def _finish(problem: EMProblem, model: FixedPart, phases: VariancePhases, log: E
     layout, result = phases.layout, phases.result
     covariances, dispersion, _ = layout.unflatten(result.theta)
     covariance_se, dispersion_se, _ = layout.unflatten(result.se)
-    model.eval()
-    return FitState(
-        num_outputs=problem.num_outputs,
-        model=model.cpu(),
-        fixed_names=problem.fixed_names,
+    return _state(
+        problem, model, log, phases.moments, config,
         covariances=covariances,
         covariance_se=covariance_se,
         dispersion=dispersion,
         dispersion_se=dispersion_se if layout.dispersion else 0.0,
-        effect_mean=phases.moments.mean(),
-        effect_sd=phases.moments.sd(),
-        draws=phases.moments.draws(),
-        draw_epochs=np.array(phases.moments.stored_epochs, dtype=np.int64),
-        history=log.records,
         converged=converged,
-        nobs=problem.num_rows,
         messages=[*log.messages, *phases.messages],
         epochs=log.last_epoch,
-        config=config,
         closed_form=phases.closed_form,
         **extra,
     )
@@ -147,26 +137,35 @@ def _interrupted(problem: EMProblem, model: FixedPart, log: EpochLog, config: Fi
         f"that epoch's, their Monte Carlo errors unknown (NaN), and the random effects come from its draws{network}. "
         "Refit for final estimates."
     )
+    return _state(
+        problem, model, log, moments, config,
+        covariances=covariances,
+        covariance_se=[np.full_like(S, np.nan) for S in covariances],
+        dispersion=last.dispersion,
+        dispersion_se=math.nan if problem.family.has_dispersion else 0.0,
+        converged=False,
+        messages=[*log.messages, message],
+        epochs=last.epoch,
+        best_epoch=None if best is None else best.epoch,
+        best_validation_loss=None if best is None else best.validation_loss,
+        interrupted=True,
+    )
+
+
+def _state(problem: EMProblem, model: FixedPart, log: EpochLog, moments: EffectMoments, config: FitConfig, **estimates) -> FitState:
+    """A FitState of ``problem`` with the model in eval mode on the CPU, the effects' moments and
+    the epoch log; ``estimates``: the variance components and the fit's flags and messages."""
     model.eval()
     return FitState(
         num_outputs=problem.num_outputs,
         model=model.cpu(),
         fixed_names=problem.fixed_names,
-        covariances=covariances,
-        covariance_se=[np.full_like(S, np.nan) for S in covariances],
-        dispersion=last.dispersion,
-        dispersion_se=math.nan if problem.family.has_dispersion else 0.0,
         effect_mean=moments.mean(),
         effect_sd=moments.sd(),
         draws=moments.draws(),
         draw_epochs=np.array(moments.stored_epochs, dtype=np.int64),
         history=log.records,
-        converged=False,
         nobs=problem.num_rows,
-        messages=[*log.messages, message],
-        epochs=last.epoch,
-        best_epoch=None if best is None else best.epoch,
-        best_validation_loss=None if best is None else best.validation_loss,
         config=config,
-        interrupted=True,
+        **estimates,
     )

@@ -85,6 +85,7 @@ class ProfiledDeviance:
         self.Zy, self.ZX = Z.T @ self.y, np.asarray(Z.T @ self.X)
         self.XX, self.Xy, self.yy = self.X.T @ self.X, self.X.T @ self.y, float(self.y @ self.y)
         self.levels = [t.num_levels for t in ordered]
+        self.scalar_rest = all(t.num_coefs == 1 for t in ordered[1:])
         self.evaluations = 0
 
     def start(self) -> np.ndarray:
@@ -126,14 +127,17 @@ class ProfiledDeviance:
     def solution(self, theta: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
         """(deviance, r2, beta (k,), u (D,)) at ``theta``, u the spherical effects (b = Lambda u), terms largest first."""
         self.evaluations += 1
-        factors = [self.factors(theta)[l] for l in self.order]
-        Lambda = block_diagonal(factors, self.levels)
-        L1, Lambda2 = factors[0], block_diagonal(factors[1:], self.levels[1:]) if len(factors) > 1 else None
+        unordered = self.factors(theta)
+        factors = [unordered[l] for l in self.order]
+        L1, Lambda1 = factors[0], block_diagonal(factors[:1], self.levels[:1])
         A11 = np.eye(L1.shape[0]) + L1.T @ self.gram11 @ L1
-        if Lambda2 is None:
-            A12, A22 = sparse.csr_matrix((A11.shape[0] * A11.shape[1], 0)), np.zeros((0, 0))
+        if len(factors) == 1:
+            Lambda = Lambda1
+            A12, A22 = sparse.csr_matrix((Lambda1.shape[0], 0)), np.zeros((0, 0))
         else:
-            A12 = block_diagonal(factors[:1], self.levels[:1]).T @ self.gram12 @ Lambda2
+            Lambda2 = block_diagonal(factors[1:], self.levels[1:])
+            Lambda = sparse.block_diag([Lambda1, Lambda2], format="csr")
+            A12 = Lambda1.T @ self.gram12 @ Lambda2
             A22 = self._scaled_gram22(Lambda2)
         system = PenalizedSystem(A11, A12, A22)
         My, MX = Lambda.T @ self.Zy, np.asarray(Lambda.T @ self.ZX)
@@ -148,10 +152,11 @@ class ProfiledDeviance:
         return deviance, r2, beta, u
 
     def _scaled_gram22(self, Lambda2: sparse.csr_matrix) -> np.ndarray | sparse.spmatrix:
-        """I + Lambda2' G22 Lambda2 (D2, D2), dense where G22 is (elementwise when Lambda2 is diagonal)."""
+        """I + Lambda2' G22 Lambda2 (D2, D2), dense where G22 is (elementwise when every term after
+        the first has one coefficient, so that Lambda2 is diagonal)."""
         if not isinstance(self.gram22, np.ndarray):
             return sparse.identity(Lambda2.shape[0]) + Lambda2.T @ self.gram22 @ Lambda2
-        if Lambda2.nnz == Lambda2.shape[0] and not (Lambda2 - sparse.diags(Lambda2.diagonal())).nnz:
+        if self.scalar_rest:
             d = Lambda2.diagonal()
             A22 = d[:, None] * self.gram22 * d[None, :]
         else:
