@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-full bench-engine bench-speed bench-lme4 bench-lme4-full r-lme4 clean
+.PHONY: demo test test-slow bench bench-full bench-engine bench-speed bench-stress bench-lme4 bench-lme4-full r-lme4 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ r-lme4:
 # Whole-fit speed against Ignore / GPBoost in the same run (benchmarks/speed.py, a few minutes).
 bench-speed: $(BENCH_STAMP)
 	$(PY) benchmarks/speed.py
+
+# 20 consecutive long fits of the scenarios that once hung in XLA (benchmarks/stress_estep.py, ~20 minutes).
+bench-stress: $(STAMP)
+	$(PY) benchmarks/stress_estep.py
 
 bench-lme4: $(BENCH_STAMP) r-lme4
 	$(PY) benchmarks/glmm_vs_lme4.py

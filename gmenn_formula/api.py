@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from gmenn_formula.design import design as build_design
-from gmenn_formula.errors import DataTypeError
+from gmenn_formula.errors import DataTypeError, EStepTimeoutError
 from gmenn_formula.formula import Formula
 from gmenn_formula.results.result import GmennResult, load
 from gmenn_formula.training.config import FitConfig
@@ -37,7 +37,8 @@ def gmenn(
     validation_fraction, seed, device, verbose, ...), all checked before anything
     else is done. ``data`` is not modified. Ctrl-C during the fit returns the fit so far,
     flagged ``interrupted`` (its estimates are the last epoch's; see ``summary()``), once at
-    least one epoch has finished; a second Ctrl-C aborts.
+    least one epoch has finished; a second Ctrl-C aborts. An E-step call that runs past
+    ``estep_timeout`` raises EStepTimeoutError with the fit so far in its ``result``.
     """
     if not isinstance(data, pd.DataFrame):
         raise DataTypeError(f"data must be a pandas DataFrame, not {type(data).__name__}; wrap it with pandas.DataFrame(...).")
@@ -46,5 +47,10 @@ def gmenn(
     from gmenn_formula.training.fit import fit_design  # the engine (PyMC, PyTensor, JAX) loads on the first fit
 
     with ProgressBar(enabled=config.runtime.verbose > 0) as bar:
-        state = fit_design(fitted_design, config, nets=nets, progress=bar.update)
+        try:
+            state = fit_design(fitted_design, config, nets=nets, progress=bar.update)
+        except EStepTimeoutError as error:
+            if error.state is not None:
+                error.result = GmennResult(fitted_design, error.state)
+            raise
     return GmennResult(fitted_design, state)

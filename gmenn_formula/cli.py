@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from gmenn_formula.errors import DataError, GmennError, MissingValueWarning, NewLevelWarning, ScaleWarning
+from gmenn_formula.errors import DataError, EStepTimeoutError, GmennError, MissingValueWarning, NewLevelWarning, ScaleWarning
 from gmenn_formula.families import FAMILIES
 from gmenn_formula.results import PREDICT_TYPES
 from gmenn_formula.training.config import FitConfig
@@ -92,7 +92,12 @@ def _fit(args: argparse.Namespace) -> int:
     gf.parse(args.formula)
     _check_input(args.data)
     _check_output(args.output)
-    result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **control)
+    try:
+        result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **control)
+    except EStepTimeoutError as error:
+        if error.result is not None:
+            print(f"the fit so far saved to {error.result.save(args.output)}", file=sys.stderr)
+        raise
     print(result.summary())
     print(f"\nsaved to {result.save(args.output)}" + (" (interrupted: the fit so far)" if result.interrupted else ""))
     return EXIT_INTERRUPTED if result.interrupted else 0

@@ -135,3 +135,16 @@ class NoTrainingDataError(GmennError, ValueError):
 
 class NotFittedError(GmennError, ValueError, AttributeError):
     """A ``GMENN`` estimator was asked to predict before ``fit`` (as scikit-learn's NotFittedError)."""
+
+
+class EStepTimeoutError(GmennError, TimeoutError):
+    """An E-step call ran past its time bound (``estep_timeout``): the sampler is stuck, or far
+    slower than the bound allows. ``result``: the fit so far as a GmennResult flagged
+    interrupted (None when no epoch had finished), built from ``state`` (its FitState);
+    ``seconds``: the bound that was passed."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        self.state = None
+        self.result = None

@@ -170,6 +170,11 @@ class RuntimeSettings:
         "torch and JAX device: 'auto' (a GPU when one is seen), 'cpu', 'cuda', 'cuda:N'",
     )
     verbose: int = _setting(1, _Rule(int, 0, 2), "1: a progress bar, 0: silent")
+    estep_timeout: float | None = _setting(
+        None, _Rule(float, 0, open_low=True, optional=True),
+        "seconds one E-step call may run before the fit stops with EStepTimeoutError (the fit so far in .result); "
+        "None: 1 h for the first call (it compiles), then max(10 min, 50x the slowest call)",
+    )
 
 
 _GROUPS = {"training": TrainingSettings, "estep": EStepSettings, "convergence": ConvergenceSettings, "runtime": RuntimeSettings}

@@ -8,9 +8,11 @@ schedules: :func:`~gmenn_formula.training.glmm.fit_glmm` without networks,
 :func:`~gmenn_formula.training.network.fit_network` with them.
 
 Every epoch's variance components pass a :class:`~gmenn_formula.training.guard.VarianceGuard`.
-Ctrl-C (KeyboardInterrupt) between epochs ends the fit with what exists (see
+Ctrl-C, taken at safe points (:mod:`~gmenn_formula.training.interrupts`), ends the fit with what exists (see
 :func:`_interrupted`), flagged ``interrupted``; a second Ctrl-C while that is assembled, or
-one before the first epoch is logged, goes on to the caller.
+one before the first epoch is logged, goes on to the caller. An E-step call past its time
+bound (:mod:`~gmenn_formula.training.watchdog`) raises EStepTimeoutError carrying the same
+kind of state as ``error.state`` (None before the first epoch).
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import numpy as np
 import torch
 
 from gmenn_formula.design import Design
-from gmenn_formula.errors import ControlError, ConvergenceWarning
+from gmenn_formula.errors import ControlError, ConvergenceWarning, EStepTimeoutError
 from gmenn_formula.mstep.networks import FixedPart, build_network
 from gmenn_formula.results.state import EpochRecord, FitState
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.glmm import fit_glmm
 from gmenn_formula.training.guard import VarianceGuard
+from gmenn_formula.training.interrupts import deferred_interrupts
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.network import fit_network
 from gmenn_formula.training.phases import VariancePhases
@@ -53,6 +56,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+@deferred_interrupts()
 def fit_design(
     design: Design,
     config: FitConfig,
@@ -91,7 +95,12 @@ def fit_design(
     except KeyboardInterrupt:
         if not log.records:
             raise
-        state = _interrupted(problem, model, log, config)
+        state = _interrupted(problem, model, log, config, "interrupted (Ctrl-C)")
+    except EStepTimeoutError as error:
+        if log.records:
+            error.state = _interrupted(problem, model, log, config, "stopped by the E-step's time bound")
+            error.state.seconds = time.perf_counter() - started
+        raise
     else:
         state = _finish(problem, model, phases, log, converged, config, **extra)
         guard.check(state.covariances, state.dispersion, "the final estimate")
@@ -121,8 +130,9 @@ def _finish(problem: EMProblem, model: FixedPart, phases: VariancePhases, log: E
     )
 
 
-def _interrupted(problem: EMProblem, model: FixedPart, log: EpochLog, config: FitConfig) -> FitState:
-    """The FitState of a fit stopped by Ctrl-C after at least one epoch: the last epoch's
+def _interrupted(problem: EMProblem, model: FixedPart, log: EpochLog, config: FitConfig, how: str) -> FitState:
+    """The FitState of a fit ended early (``how``: by Ctrl-C or the E-step's time bound) after at
+    least one epoch, flagged interrupted: the last epoch's
     covariances and residual variance with unknown (NaN) Monte Carlo errors, the effects'
     moments from its draws, the fixed part as it stands (a network at its best epoch's weights)."""
     last = log.records[-1]
@@ -133,7 +143,7 @@ def _interrupted(problem: EMProblem, model: FixedPart, log: EpochLog, config: Fi
     scored = [r for r in log.records if r.validation_loss is not None and math.isfinite(r.validation_loss)]
     best = min(scored, key=lambda r: r.validation_loss) if scored else None  # the first best, as EarlyStopping keeps
     message = (
-        f"The fit was interrupted (Ctrl-C) after epoch {last.epoch} ({last.phase} phase): the variance components are "
+        f"The fit was {how} after epoch {last.epoch} ({last.phase} phase): the variance components are "
         f"that epoch's, their Monte Carlo errors unknown (NaN), and the random effects come from its draws{network}. "
         "Refit for final estimates."
     )

@@ -10,6 +10,7 @@ import numpy as np
 
 from gmenn_formula.estep.arrays import EpochDraws
 from gmenn_formula.results.state import EpochRecord
+from gmenn_formula.training.interrupts import raise_if_interrupted
 
 
 class EpochLog:
@@ -37,7 +38,8 @@ class EpochLog:
         loss: float | None = None,
         validation_loss: float | None = None,
     ) -> EpochRecord:
-        """Write the next epoch's record; ``seconds`` defaults to the sum of the two parts."""
+        """Write the next epoch's record; ``seconds`` defaults to the sum of the two parts. A
+        deferred Ctrl-C is raised here, once the epoch is logged."""
         info = draws.info
         record = EpochRecord(
             epoch=self.last_epoch + 1,
@@ -58,4 +60,5 @@ class EpochLog:
         self.last_draws = draws
         if self.progress is not None:
             self.progress(record)
+        raise_if_interrupted()
         return record

@@ -1,4 +1,4 @@
-"""The next epoch's E-step on a worker thread, beside this epoch's M-step (``overlap_estep``).
+"""The next epoch's E-step on a daemon thread, beside this epoch's M-step (``overlap_estep``).
 
 While the network trains on epoch t's draws, the worker computes F_t from a copy of
 the network as it was at the start of epoch t, draws epoch t + 1's effects given F_t
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.mstep.step import DrawOffsets, Rows
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.variance import predict_fixed, timed_draw, variance_update
+from gmenn_formula.training.watchdog import CANCEL_GRACE_SECONDS, DaemonCall
 
 
 @dataclass(frozen=True)
@@ -71,39 +71,39 @@ class TrainingEStep:
 
 
 class DrawAhead:
-    """A worker thread that computes the next epoch's :class:`EpochInputs` while this epoch trains."""
+    """A daemon thread that computes the next epoch's :class:`EpochInputs` while this epoch trains."""
 
     def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmenn-estep")
-        self.future: Future | None = None
+        self.call: DaemonCall | None = None
 
     @property
     def pending(self) -> bool:
-        return self.future is not None
+        return self.call is not None
 
     def submit(self, inputs: TrainingEStep, model: FixedPart, covariances: list[np.ndarray], dispersion: float) -> None:
         """Start the next epoch's inputs from a copy of ``model`` as it is now."""
-        self.future = self.executor.submit(inputs, copy.deepcopy(model), covariances, dispersion)
+        frozen = copy.deepcopy(model)
+        self.call = DaemonCall(lambda: inputs(frozen, covariances, dispersion), "gmenn-estep-ahead")
 
     def take(self) -> tuple[EpochInputs, float]:
         """The pending inputs and the seconds waited for them."""
         started = time.perf_counter()
-        inputs = self.future.result()
-        self.future = None
+        inputs = self.call.result()
+        self.call = None
         return inputs, time.perf_counter() - started
 
     def close(self) -> None:
-        """Wait for a pending E-step (it advances the chain the final phase continues) and stop the worker."""
-        if self.future is not None:
-            self.future.result()
-            self.future = None
-        self.executor.shutdown()
+        """Wait for a pending E-step: it advances the chain the final phase continues."""
+        if self.call is not None:
+            self.call.result()
+            self.call = None
 
     def cancel(self) -> None:
-        """Stop the worker after an error or Ctrl-C: wait for a running E-step (a thread cannot be
-        killed) and drop its result or error."""
-        self.future = None
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        """Drop a pending E-step after an error or Ctrl-C, giving it the watchdog's grace to finish
+        (a stuck one would never return)."""
+        if self.call is not None:
+            self.call.settle(CANCEL_GRACE_SECONDS)
+            self.call = None
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from gmenn_formula.mstep.step import (
 )
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.problem import EMProblem
+from gmenn_formula.training.watchdog import WatchedSampler
 
 MAX_STORED_DRAW_BYTES = 200 * 2**20
 """Cap on the memory of stored final-phase draws (for ranef sds and InferenceData)."""
@@ -65,13 +66,16 @@ def sampler_config(problem: EMProblem, config: FitConfig, chunk: int, variances:
 def make_estep(problem: EMProblem, config: FitConfig, sampler: SamplerConfig, weights: np.ndarray) -> EffectSampler:
     """The E-step on all fitting rows, ``weights`` (n,) 1 for the rows the draws condition on: exact
     block Gibbs in torch for gaussian models (``sampler`` "auto" or "exact"), else NUTS on the PyMC
-    model compiled to JAX (imported here, so gaussian fits never load PyMC or JAX)."""
+    model compiled to JAX (imported here, so gaussian fits never load PyMC or JAX); every call is
+    bounded in time (:class:`~gmenn_formula.training.watchdog.WatchedSampler`)."""
     seed = config.runtime.seed
     if config.estep.kind(problem.family.has_dispersion) == "exact":
-        return GaussianEStep(problem.terms, problem.y, weights, seed, problem.device)
-    from gmenn_formula.estep.driver import EStep
+        estep = GaussianEStep(problem.terms, problem.y, weights, seed, problem.device)
+    else:
+        from gmenn_formula.estep.driver import EStep
 
-    return EStep(problem.family, problem.terms, problem.y, problem.trials, weights, problem.num_outputs, sampler, seed)
+        estep = EStep(problem.family, problem.terms, problem.y, problem.trials, weights, problem.num_outputs, sampler, seed)
+    return WatchedSampler(estep, config.runtime.estep_timeout)
 
 
 def timed_draw(estep: EffectSampler, F: torch.Tensor, covariances: list[np.ndarray], dispersion: float, draws: int, burn_in: int) -> tuple[EpochDraws, float]:

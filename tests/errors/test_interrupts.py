@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import signal
 import threading
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -153,3 +156,19 @@ def test_nan_errors_are_refused_in_files_of_fits_that_finished(finished, tmp_pat
 
     with pytest.raises(gf.GmennError, match="covariance_se/0 holds non-finite values"):
         gf.load(_rewrite(finished, tmp_path / "nan.gmenn", unknown_errors))
+
+
+def test_a_real_sigint_is_taken_once_the_epoch_is_logged(data, monkeypatch, tmp_path):
+    """SIGINT itself (not a KeyboardInterrupt raised by hand): deferred to the end of the epoch it
+    arrives in, wherever the main thread was, then the fit so far comes back."""
+
+    def update(self, record):
+        if record.epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here: it only sets the flag
+
+    monkeypatch.setattr(ProgressBar, "update", update)
+    with pytest.warns(ConvergenceWarning, match="interrupted"):
+        fit = gf.gmenn(NETWORK, data, **TINY)
+    _check_interrupted(fit, data, 2, "train", tmp_path)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
