@@ -80,6 +80,13 @@ class Family(ABC):
         links it equals the diagonal of the NLL's Hessian."""
 
     @abstractmethod
+    def torch_nll_derivatives(
+        self, eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, dispersion: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient (n, c) and Hessian (n, c, c) of each row's NLL in ``eta`` (n, c), in closed
+        form (for these canonical links the Hessian is the Fisher information, free of y)."""
+
+    @abstractmethod
     def loglik(self, y: np.ndarray, eta: np.ndarray, trials: np.ndarray, dispersion: float) -> np.ndarray:
         """(..., n) log-likelihood of each row for eta (..., n, c), constants included (numpy)."""
 

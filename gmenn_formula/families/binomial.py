@@ -33,14 +33,22 @@ class Binomial(Family):
         import torch
 
         logit = eta[:, 0]
-        log_choose = torch.lgamma(trials + 1) - torch.lgamma(y + 1) - torch.lgamma(trials - y + 1)
-        return -(y * torch.nn.functional.logsigmoid(logit) + (trials - y) * torch.nn.functional.logsigmoid(-logit) + log_choose)
+        nll = -(y * torch.nn.functional.logsigmoid(logit) + (trials - y) * torch.nn.functional.logsigmoid(-logit))
+        if bool((trials == 1).all()):  # 0/1 responses: log C(1, y) = 0, and three lgammas were half the cost
+            return nll
+        return nll - (torch.lgamma(trials + 1) - torch.lgamma(y + 1) - torch.lgamma(trials - y + 1))
 
     def torch_fisher_diagonal(self, eta, trials, dispersion):
         import torch
 
         p = torch.sigmoid(eta)
         return trials[:, None] * p * (1.0 - p)
+
+    def torch_nll_derivatives(self, eta, y, trials, dispersion):
+        import torch
+
+        p = torch.sigmoid(eta)
+        return trials[:, None] * p - y[:, None], (trials[:, None] * p * (1.0 - p))[:, :, None]
 
     def loglik(self, y, eta, trials, dispersion):
         logit = eta[..., 0]

@@ -46,6 +46,13 @@ class Categorical(Family):
         p = torch.softmax(eta, dim=-1)
         return p * (1.0 - p)
 
+    def torch_nll_derivatives(self, eta, y, trials, dispersion):
+        import torch
+
+        p = torch.softmax(eta, dim=-1)
+        one_hot = torch.nn.functional.one_hot(y.long(), eta.shape[1]).to(p.dtype)
+        return p - one_hot, torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+
     def loglik(self, y, eta, trials, dispersion):
         codes = np.broadcast_to(np.asarray(y, np.int64)[:, None], eta.shape[:-1] + (1,))
         return np.take_along_axis(eta, codes, axis=-1)[..., 0] - logsumexp(eta, axis=-1)

@@ -29,6 +29,11 @@ class Gaussian(Family):
 
         return torch.full_like(eta, 1.0 / dispersion)
 
+    def torch_nll_derivatives(self, eta, y, trials, dispersion):
+        import torch
+
+        return (eta - y[:, None]) / dispersion, torch.full_like(eta, 1.0 / dispersion)[:, :, None]
+
     def loglik(self, y, eta, trials, dispersion):
         return -0.5 * (math.log(2 * math.pi * dispersion) + (y - eta[..., 0]) ** 2 / dispersion)
 

@@ -36,6 +36,12 @@ class Poisson(Family):
 
         return torch.exp(eta)
 
+    def torch_nll_derivatives(self, eta, y, trials, dispersion):
+        import torch
+
+        mu = torch.exp(eta)
+        return mu - y[:, None], mu[:, :, None]
+
     def loglik(self, y, eta, trials, dispersion):
         log_mu = eta[..., 0]
         return y * log_mu - np.exp(log_mu) - gammaln(y + 1)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gmenn_formula.errors import ConvergenceError
+from gmenn_formula.estep.arrays import EffectSampler
 from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.mstep.step import Rows, expected_nll, intercept_shift, random_part
 from gmenn_formula.training.config import FitConfig
@@ -92,34 +93,78 @@ def _centre_effects(model: FixedPart, center: tuple[torch.Tensor, ...], rows: Ro
             model.output_offset += random_part(center, rows).mean(dim=(0, 1))
 
 
+@dataclass(frozen=True)
+class TrainingSplit:
+    """The rows a network trains on and the validation rows early stopping watches: ``index``
+    (n_t,) long positions of the training rows, ``train_rows`` and ``val_rows`` their Rows,
+    ``weights`` (n,) 1 on training rows and 0 on validation rows (what the E-step conditions on)."""
+
+    index: torch.Tensor
+    train_rows: Rows
+    val_rows: Rows
+    weights: np.ndarray
+
+    @classmethod
+    def of(cls, problem: EMProblem, rng: np.random.Generator, fraction: float) -> TrainingSplit:
+        order = rng.permutation(problem.num_rows)
+        num_validation = max(1, int(round(fraction * len(order))))
+        validation, train_index = np.sort(order[:num_validation]), np.sort(order[num_validation:])
+        index = torch.as_tensor(train_index, device=problem.device)
+        weights = np.zeros(problem.num_rows)
+        weights[train_index] = 1.0
+        val_rows = problem.rows.take(torch.as_tensor(validation, device=problem.device))
+        return cls(index, problem.rows.take(index), val_rows, weights)
+
+
 def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: EpochLog, rng: np.random.Generator, generator: torch.Generator) -> tuple[VariancePhases, EarlyStopping]:
     """Train the network with early stopping, then estimate the variances on all rows with it frozen.
     Returns the finished variance phases and the early-stopping record."""
-    training, estimation = config.training, config.estep
-    order = rng.permutation(problem.num_rows)
-    num_validation = max(1, int(round(training.validation_fraction * len(order))))
-    validation, train_index = np.sort(order[:num_validation]), np.sort(order[num_validation:])
-    index = torch.as_tensor(train_index, device=problem.device)
-    train_rows, val_rows = problem.rows.take(index), problem.rows.take(torch.as_tensor(validation, device=problem.device))
+    split = TrainingSplit.of(problem, rng, config.training.validation_fraction)
     check_output(model, problem.rows, "at the network's initial weights")
-    start_on_response_scale(problem, model, train_rows)
-    dispersion, scale = initial_dispersion(problem, model, train_rows)
-    covariances = problem.initial_covariances(scale)
+    start_on_response_scale(problem, model, split.train_rows)
+    dispersion, scale = initial_dispersion(problem, model, split.train_rows)
     # One E-step for both phases: compiled on all rows, conditioned on the training rows while the network
     # trains (validation rows weigh 0), in chunks that make both phases' K.
-    weights = np.zeros(problem.num_rows)
-    weights[train_index] = 1.0
-    chunk = math.gcd(estimation.training_draws, estimation.draws)
-    estep = make_estep(problem, config, sampler_config(problem, config, chunk, variances=False), weights)
+    chunk = math.gcd(config.estep.training_draws, config.estep.draws)
+    estep = make_estep(problem, config, sampler_config(problem, config, chunk, variances=False), split.weights)
+    stopping = _train(problem, model, config, log, split, estep, problem.initial_covariances(scale), dispersion, generator)
+    model.load_state_dict(stopping.weights)
+    _centre_effects(model, stopping.center, problem.rows)
+    estep.set_weights(np.ones(problem.num_rows))
+    estep.use_sampler(sampler_config(problem, config, chunk, variances=True))
+    phases = VariancePhases(problem, model, estep, config, log, stopping.covariances, stopping.dispersion, fit_beta=False)
+    if not stopping.stopped:
+        phases.messages.append(
+            f"Early stopping did not trigger within {log.last_epoch} epochs (patience {config.training.patience}); "
+            "the best epoch's network is used. Increase epochs= for a longer fit."
+        )
+    phases.run(config.convergence.final_epochs, settle=False)
+    return phases, stopping
+
+
+def _train(
+    problem: EMProblem,
+    model: FixedPart,
+    config: FitConfig,
+    log: EpochLog,
+    split: TrainingSplit,
+    estep: EffectSampler,
+    covariances: list[np.ndarray],
+    dispersion: float,
+    generator: torch.Generator,
+) -> EarlyStopping:
+    """The training epochs (phase ``train``) until early stopping or ``epochs``; the model ends
+    at its last epoch's weights (a Ctrl-C: at the best epoch's). ConvergenceError when no
+    validation loss was finite."""
+    training = config.training
     make_inputs = TrainingEStep(
-        problem, estep, index, train_rows, estimation.training_draws, estimation.burn_in,
+        problem, estep, split.index, split.train_rows, config.estep.training_draws, config.estep.burn_in,
         training.penalty_for(True), config.convergence.parameter_expansion,
     )
-    trainer = RecoveringTrainer(model, problem.family, train_rows, problem.rows, training.learning_rate, training.batch_size, generator, log.messages)
+    trainer = RecoveringTrainer(model, problem.family, split.train_rows, problem.rows, training.learning_rate, training.batch_size, generator, log.messages)
     stopping = EarlyStopping(training.patience)
     center: tuple[torch.Tensor, ...] = ()
     ahead = DrawAhead() if training.overlap_estep else None
-    epoch = 0
     with torch_threads_beside(ahead, problem.device):
         try:
             for epoch in range(1, training.max_epochs(True) + 1):
@@ -137,7 +182,7 @@ def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: Ep
                 means = tuple(B.mean(0, keepdim=True) for B in inputs.effects)
                 weight = max(1.0 / epoch, VALIDATION_SMOOTHING)
                 center = tuple((1 - weight) * old + weight * new for old, new in zip(center, means)) if center else means
-                val_loss = _validation_loss(problem, model, val_rows, center, dispersion)
+                val_loss = _validation_loss(problem, model, split.val_rows, center, dispersion)
                 seconds = time.perf_counter() - started
                 stop = stopping.update(epoch, val_loss, model, covariances, dispersion, center)
                 log.add("train", covariances, dispersion, inputs.draws, inputs.seconds, seconds - waited, seconds, loss, val_loss)
@@ -153,21 +198,10 @@ def fit_network(problem: EMProblem, model: FixedPart, config: FitConfig, log: Ep
             ahead.close()
     if stopping.weights is None:
         raise ConvergenceError(
-            f"The validation loss was never finite in {epoch} epochs; the network diverged. "
+            f"The validation loss was never finite in {log.last_epoch} epochs; the network diverged. "
             "Lower learning_rate= or check the network and the inputs."
         )
-    model.load_state_dict(stopping.weights)
-    _centre_effects(model, stopping.center, problem.rows)
-    estep.set_weights(np.ones(problem.num_rows))
-    estep.use_sampler(sampler_config(problem, config, chunk, variances=True))
-    phases = VariancePhases(problem, model, estep, config, log, stopping.covariances, stopping.dispersion, fit_beta=False)
-    if not stopping.stopped:
-        phases.messages.append(
-            f"Early stopping did not trigger within {epoch} epochs (patience {training.patience}); "
-            "the best epoch's network is used. Increase epochs= for a longer fit."
-        )
-    phases.run(config.convergence.final_epochs, settle=False)
-    return phases, stopping
+    return stopping
 
 
 def _validation_loss(problem: EMProblem, model: FixedPart, rows: Rows, center: tuple[torch.Tensor, ...], dispersion: float) -> float:

@@ -47,3 +47,20 @@ def test_numpy_torch_and_pymc_likelihoods_agree(name):
     np.testing.assert_allclose(distribution, numpy_ll, rtol=1e-6, atol=1e-8)
     closed = np.stack([_pymc(family.pymc_loglik(pt.as_tensor(e), y_p, pt.as_tensor(trials), dispersion)) for e in eta])
     np.testing.assert_allclose(closed[0] - closed[1], numpy_ll[0] - numpy_ll[1], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "binomial", "poisson", "categorical"])
+def test_closed_form_nll_derivatives_are_autograds(name):
+    """The M-step's Newton steps use each family's closed-form gradient and Hessian in eta; they
+    must be the derivatives of the torch NLL (autograd as the oracle)."""
+    family, rng, dispersion = get_family(name), np.random.default_rng(1), 1.7
+    eta, y, trials = _case(name, rng)
+    e = torch.as_tensor(eta[0]).requires_grad_(True)
+    y_t = torch.as_tensor(y, dtype=torch.long if name == "categorical" else torch.float64)
+    trials_t = torch.as_tensor(trials)
+    gradient = torch.autograd.grad(family.torch_nll(e, y_t, trials_t, dispersion).sum(), e, create_graph=True)[0]
+    hessian = torch.stack([torch.autograd.grad(gradient[:, k].sum(), e, retain_graph=True)[0] for k in range(e.shape[1])], dim=2)
+    closed_gradient, closed_hessian = family.torch_nll_derivatives(e.detach(), y_t, trials_t, dispersion)
+    assert closed_gradient.shape == gradient.shape and closed_hessian.shape == hessian.shape
+    torch.testing.assert_close(closed_gradient, gradient.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(closed_hessian, hessian.detach(), rtol=1e-10, atol=1e-12)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import gmenn_formula as gf
-from gmenn_formula.estep.driver import EStep
 from gmenn_formula.simulation import paper_scenario
+from gmenn_formula.training.watchdog import WatchedSampler
 
 TINY = dict(epochs=4, patience=4, final_epochs=3, average_epochs=2, max_average_epochs=2, verbose=0, sampler="whitened")
 
@@ -22,15 +22,16 @@ def data():
 
 @pytest.fixture
 def draw_calls(monkeypatch):
-    """Per EStep.draw call: the thread it ran on and the F it was given."""
+    """Per E-step call: the thread that asked for it (the watchdog then runs it on a thread of its
+    own, tested in tests/errors/test_watchdog.py) and the F it was given."""
     calls: list[tuple[str, np.ndarray]] = []
-    original = EStep.draw
+    original = WatchedSampler.draw
 
     def recording(self, F, *args):
         calls.append((threading.current_thread().name, np.array(F)))
         return original(self, F, *args)
 
-    monkeypatch.setattr(EStep, "draw", recording)
+    monkeypatch.setattr(WatchedSampler, "draw", recording)
     return calls
 
 
