@@ -55,7 +55,7 @@ r-lme4:
 bench-speed: $(BENCH_STAMP)
 	$(PY) benchmarks/speed.py
 
-# 20 consecutive long fits of the scenarios that once hung in XLA (benchmarks/stress_estep.py, ~20 minutes).
+# 20 consecutive long fits of the scenarios that once hung in XLA (benchmarks/stress_estep.py, ~40 minutes on 2 cores).
 bench-stress: $(STAMP)
 	$(PY) benchmarks/stress_estep.py
 

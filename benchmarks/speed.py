@@ -152,17 +152,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=20_000, help="rows of the nn() scenarios")
     args = parser.parse_args(argv)
     table = glmm_rows() + [crossed_binary_row()] + nn_rows(tuple(args.nn), args.rows)
+    write_result("speed.md", "Whole-fit speed (`make bench-speed`)", table)
+
+
+def write_result(name: str, title: str, table: list[dict], lead: str = "") -> None:
+    """Write ``benchmarks/results/<name>``: the title, date, machine and commit, ``lead``, the table; and print it."""
     commit = paper_grid.source_commit()
-    lines = [
-        "# Whole-fit speed (`make bench-speed`)",
-        "",
-        f"{datetime.date.today()}, {paper_grid.machine(commit)}.",
-        "",
-        markdown(table),
-        "",
-    ]
+    lines = [f"# {title}", "", f"{datetime.date.today()}, {paper_grid.machine(commit)}.", ""]
+    lines += [lead, ""] if lead else []
+    lines += [markdown(table), ""]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.md").write_text("\n".join(lines))
+    (RESULTS / name).write_text("\n".join(lines))
     print("\n".join(lines))
 
 

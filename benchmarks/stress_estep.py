@@ -15,7 +15,6 @@ Writes ``benchmarks/results/stress_estep.md`` with machine, date and commit.
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -24,14 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import paper_grid  # noqa: E402  (benchmarks/ on the path)
-from speed import markdown  # noqa: E402
+from speed import write_result  # noqa: E402
 
 import gmenn_formula as gf  # noqa: E402
 from gmenn_formula.errors import ConvergenceWarning, EStepTimeoutError  # noqa: E402
 from gmenn_formula.simulation import paper_scenario  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = {
     "100 classes, nn(), 20,000 rows": dict(
         simulate=dict(rows=20_000, classes=100), family="categorical",
@@ -81,21 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         table.append(row)
         print(row, flush=True)
     hangs = sum(row["status"] != "ok" for row in table)
-    commit = paper_grid.source_commit()
-    lines = [
-        "# E-step stress test (`make bench-stress`)",
-        "",
-        f"{datetime.date.today()}, {paper_grid.machine(commit)}.",
-        "",
-        f"{len(table)} consecutive fits in one process, {hangs} stopped by the watchdog.",
-        "",
-        markdown(table),
-        "",
-    ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "stress_estep.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-
+    lead = f"{len(table)} consecutive fits in one process, {hangs} stopped by the watchdog."
+    write_result("stress_estep.md", "E-step stress test (`make bench-stress`)", table, lead)
 
 if __name__ == "__main__":
     main()
