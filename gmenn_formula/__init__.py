@@ -26,6 +26,7 @@ _LAZY = {
     "load": "gmenn_formula.results.result",
     "GmennResult": "gmenn_formula.results.result",
     "GMENN": "gmenn_formula.estimator",
+    "anova": "gmenn_formula.results.anova",
 }
 
 
@@ -35,5 +36,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'gmenn_formula' has no attribute {name!r}")
 
 
-__all__ = ["GMENN", "Design", "DesignSpec", "FitConfig", "GmennError", "GmennResult", "design", "gmenn", "load", "parse"]
+__all__ = ["GMENN", "Design", "DesignSpec", "FitConfig", "GmennError", "GmennResult", "anova", "design", "gmenn", "load", "parse"]
 __version__ = "0.1.0"

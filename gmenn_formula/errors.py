@@ -100,6 +100,11 @@ class ConvergenceWarning(GmennWarning):
     reasons are in ``summary()`` and ``fit.state.messages``."""
 
 
+class MonteCarloWarning(GmennWarning):
+    """A result that rests on a Monte Carlo estimate is uncertain enough to matter (e.g. a
+    likelihood-ratio p-value on either side of 0.05 within two Monte Carlo standard errors)."""
+
+
 class MissingValueWarning(UserWarning):
     """Rows with missing values were dropped (lme4's ``na.omit``), or predicted as NaN (``na.pass``)."""
 
@@ -148,3 +153,7 @@ class EStepTimeoutError(GmennError, TimeoutError):
         self.seconds = seconds
         self.state = None
         self.result = None
+
+
+class ModelComparisonError(GmennError, ValueError):
+    """Fits given to ``anova()`` cannot be compared (other rows, response or family)."""

@@ -22,6 +22,7 @@ from gmenn_formula.errors import DataError, NoTrainingDataError
 from gmenn_formula.results import PREDICT_TYPES, io, tables
 from gmenn_formula.results.likelihood import LogLik, marginal_loglik
 from gmenn_formula.results.state import FitState
+from gmenn_formula.results.status import convergence_status
 
 PREDICT_CHUNK = 65_536
 """Rows per forward pass of the networks at prediction time."""
@@ -66,6 +67,12 @@ class GmennResult:
     def interrupted(self) -> bool:
         """True when Ctrl-C ended the fit early: its estimates are those of the last epoch (see ``state.messages``)."""
         return self.state.interrupted
+
+    @property
+    def status(self) -> str:
+        """The convergence status in one line: "converged in N epochs", "boundary (singular):
+        variance of g (Intercept) near 0", "interrupted after epoch N: ...", "not converged: ..."."""
+        return convergence_status(self.design, self.state)
 
     @property
     def nobs(self) -> int:

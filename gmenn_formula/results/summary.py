@@ -182,9 +182,10 @@ class Summary:
         ]
 
     def convergence_lines(self) -> list[str]:
+        status = [f"Status: {self.result.status}"]
         if self.state.messages:
-            return ["Convergence warnings:", *(" " + m for m in self.state.messages)]
-        return [f"Converged: {self.state.epochs} epochs."]
+            return status + ["Convergence warnings:", *(" " + m for m in self.state.messages)]
+        return status
 
     def __str__(self) -> str:
         result = self.result

@@ -7,7 +7,8 @@ compiler it crashed the process. While :func:`deferred_interrupts` is active, th
 Ctrl-C only sets a flag; :func:`raise_if_interrupted` raises KeyboardInterrupt at the
 fit's safe points (after each epoch, and every :data:`POLL_SECONDS` while the main
 thread waits for an E-step). A second Ctrl-C raises at once, wherever the main thread is.
-Outside the main thread (signals cannot be handled there) nothing changes.
+Outside the main thread (signals cannot be handled there), or where SIGINT is ignored (a
+background job of a shell, ``nohup``), nothing changes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _request(signum, frame) -> None:
 @contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Within the block, Ctrl-C is taken at the fit's safe points (see the module docstring)."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     previous = signal.signal(signal.SIGINT, _request)

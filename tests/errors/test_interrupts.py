@@ -168,7 +168,31 @@ def test_a_real_sigint_is_taken_once_the_epoch_is_logged(data, monkeypatch, tmp_
             time.sleep(0.05)  # the handler runs here: it only sets the flag
 
     monkeypatch.setattr(ProgressBar, "update", update)
-    with pytest.warns(ConvergenceWarning, match="interrupted"):
-        fit = gf.gmenn(NETWORK, data, **TINY)
+    with _sigint_handler(signal.default_int_handler):  # as in a terminal; a background job inherits SIG_IGN
+        with pytest.warns(ConvergenceWarning, match="interrupted"):
+            fit = gf.gmenn(NETWORK, data, **TINY)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     _check_interrupted(fit, data, 2, "train", tmp_path)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_process_that_ignores_sigint_goes_on_ignoring_it(data, monkeypatch):
+    """A background job (``nohup``, ``cmd &``) ignores SIGINT: a fit there runs to its end."""
+
+    def update(self, record):
+        if record.epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ProgressBar, "update", update)
+    with _sigint_handler(signal.SIG_IGN):
+        fit = gf.gmenn(NETWORK, data, **TINY)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert not fit.interrupted
+
+
+@contextlib.contextmanager
+def _sigint_handler(handler):
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -145,6 +145,8 @@ def test_the_command_line_saves_the_fit_so_far_after_a_timeout(data, stuck_on_ca
 
 
 BINOMIAL_FIT = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job inherits SIG_IGN)
 import numpy as np, pandas as pd, sys
 from gmenn_formula.cli import main
 rng = np.random.default_rng(0)
