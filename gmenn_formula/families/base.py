@@ -72,7 +72,8 @@ class Family(ABC):
 
     @abstractmethod
     def torch_nll(self, eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, dispersion: float) -> torch.Tensor:
-        """(n,) negative log-likelihood of each row, constants included."""
+        """(n,) negative log-likelihood of each row, constants included; ``dispersion`` a float or a
+        0-d tensor (to differentiate in it)."""
 
     @abstractmethod
     def torch_fisher_diagonal(self, eta: torch.Tensor, trials: torch.Tensor, dispersion: float) -> torch.Tensor:

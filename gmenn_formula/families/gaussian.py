@@ -22,7 +22,10 @@ class Gaussian(Family):
         return pm.Normal.dist(mu=eta[:, 0], sigma=pt.sqrt(dispersion))
 
     def torch_nll(self, eta, y, trials, dispersion):
-        return 0.5 * (math.log(2 * math.pi * dispersion) + (y - eta[:, 0]) ** 2 / dispersion)
+        import torch
+
+        log_dispersion = torch.log(torch.as_tensor(dispersion, dtype=eta.dtype, device=eta.device))
+        return 0.5 * (math.log(2 * math.pi) + log_dispersion + (y - eta[:, 0]) ** 2 / dispersion)
 
     def torch_fisher_diagonal(self, eta, trials, dispersion):
         import torch

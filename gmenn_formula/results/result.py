@@ -134,6 +134,17 @@ class GmennResult:
             self._logliks[key] = marginal_loglik(self.design, self.state, F, method, draws, seed)
         return self._logliks[key]
 
+    def confint(self, parm: str | list[str] | None = None, level: float = 0.95, method: str = "wald", **options):
+        """Confidence intervals of the random effects' sds and correlations, sigma and the linear
+        fixed effects, as lme4's ``confint()``: ``method`` "wald" (observed information by Louis'
+        method from ``draws`` posterior draws) or "boot" (parametric bootstrap of ``nsim`` refits);
+        ``parm`` None (all), "theta_", "beta_" or names; ``options``: draws, nsim, seed, data (the
+        fitting rows, for a loaded model), progress. Networks are held at their fitted weights.
+        Returns a :class:`~gmenn_formula.results.confint.ConfInt` (``.table``, printed with its method)."""
+        from gmenn_formula.results.confint import confint
+
+        return confint(self, parm, level, method, **options)
+
     def aic(self, **kwargs) -> float:
         """-2 logLik + 2 df (df as lme4 counts, plus the networks' weights); ``kwargs`` go to :meth:`loglik`."""
         return self.loglik(**kwargs).aic
@@ -219,6 +230,15 @@ class GmennResult:
             return values
         names = self.family.output_names(self.spec.response.classes)
         return pd.DataFrame(values, index=design.rows if newdata is None else newdata.index, columns=names)
+
+    def refit_effects(self, newdata: pd.DataFrame, draws: int = 200, seed: int | None = None) -> GmennResult:
+        """A result that also knows the grouping levels first seen in ``newdata`` (which needs the
+        response): their effects from an E-step on those rows with the networks, fixed effects,
+        covariances and the known levels' effects held as fitted; no retraining. ``predict()`` on
+        the result uses them. Details: :mod:`gmenn_formula.results.refit`."""
+        from gmenn_formula.results.refit import refit_effects
+
+        return refit_effects(self, newdata, draws, seed)
 
     def fitted(self) -> np.ndarray | pd.DataFrame:
         """Fitted means on the fitting rows (random effects included)."""

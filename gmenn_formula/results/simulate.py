@@ -39,7 +39,7 @@ def _level_codes(part: RandomEffectDesign, frame: pd.DataFrame | None, rows: pd.
     return codes, len(uniques)
 
 
-def _draw_effects(rng: np.random.Generator, covariances: np.ndarray, nsim: int, levels: int) -> np.ndarray:
+def draw_effects(rng: np.random.Generator, covariances: np.ndarray, nsim: int, levels: int) -> np.ndarray:
     """(nsim, levels, p, c) draws from N(0, covariances[c]) for covariances (c, p, p), semidefinite allowed."""
     values, vectors = np.linalg.eigh(covariances)
     roots = vectors * np.sqrt(np.clip(values, 0.0, None))[:, None, :]  # (c, p, p): S = R R^T
@@ -54,10 +54,10 @@ def _random_part(result, design: Design, frame: pd.DataFrame | None, nsim: int, 
     for part, mean, covariances in zip(design.random, result.state.effect_mean, result.state.covariances):
         codes, num_new = _level_codes(part, frame, design.rows)
         if conditional:
-            new = _draw_effects(rng, covariances, nsim, num_new)
+            new = draw_effects(rng, covariances, nsim, num_new)
             effects = np.concatenate([np.broadcast_to(mean, (nsim, *mean.shape)), new], axis=1)
         else:
-            effects = _draw_effects(rng, covariances, nsim, part.num_levels + num_new)
+            effects = draw_effects(rng, covariances, nsim, part.num_levels + num_new)
         total += np.einsum("np,snpc->snc", part.Z, effects[:, codes])
     return total
 

@@ -131,8 +131,9 @@ class VariancePhases:
         effects' sds and stored draws; their means are the exact conditional means. Monte Carlo error 0; each epoch's ``loss`` is the marginal NLL per row."""
         started = time.perf_counter()
         rows = self.problem.rows
-        if self.fit_beta:
-            y, X = rows.y - rows.offset, rows.X_fixed
+        if self.fit_beta:  # y less what the fixed part holds fixed: the offset, and frozen networks' output
+            held = predict_fixed(self.model, rows)[:, 0] - (rows.X_fixed @ self.model.beta.detach())[:, 0]
+            y, X = rows.y - held, rows.X_fixed
         else:
             y, X = rows.y - predict_fixed(self.model, rows)[:, 0], rows.X_fixed[:, :0]
         ml = fit_gaussian_ml(self.problem.terms, y.cpu().numpy(), X.cpu().numpy(), self.problem.correlated)
