@@ -192,6 +192,11 @@ class DesignSpec:
             warnings.warn(f"Levels unseen in training get no random effect ({summary}).", NewLevelWarning, stacklevel=2)
         return _assemble(self, clean, kept, encoded, matrices, codes, new_levels)
 
+    def column_roles(self) -> dict[str, str]:
+        """Every data column the model reads -> its role ("response", "fixed part", "nn() inputs",
+        "random slopes of ...", or the grouping role), as error messages name it."""
+        return _used_columns(self.formula, tuple(net.inputs for net in self.networks), True)
+
     def _blocks(self) -> list[ParametricBlock]:
         """Every parametric block, in :func:`block_exprs`'s order."""
         return [self.fixed, *self.offsets, *(net.block for net in self.networks), *(part.slopes for part in self.random)]

@@ -116,3 +116,27 @@ def plot_variances(result, ax=None, log: bool = True):
     ax.set_ylabel("variance")
     ax.legend(fontsize=7, ncol=2 if len(columns) > 6 else 1)
     return ax
+
+
+def plot_partial_dependence(table: pd.DataFrame, ax=None):
+    """Partial dependence curves of one feature (a :func:`~gmenn_formula.results.explain.partial_dependence`
+    table): prediction against value, one line per level (and class). Returns the Axes."""
+    if table["feature"].nunique() != 1:
+        raise DataError("plot_partial_dependence draws one feature; select one with table[table.feature == name].")
+    if ax is None:
+        _, ax = _pyplot().subplots(figsize=(6, 3.5), constrained_layout=True)
+    keys = ["level", "class"] if "class" in table else ["level"]
+    numeric = pd.api.types.is_numeric_dtype(table["value"])
+    for key, curve in table.groupby(keys, sort=False):
+        label = " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if k is not None)
+        group = curve["group"].iloc[0]
+        label = f"{group} = {label}" if isinstance(group, str) else label
+        positions = curve["value"] if numeric else np.arange(len(curve))
+        ax.plot(positions, curve["prediction"], marker="" if numeric else "o", label=label)
+    if not numeric:
+        first = table.drop_duplicates("value")["value"]
+        ax.set_xticks(np.arange(len(first)), [str(v) for v in first])
+    ax.set_xlabel(table["feature"].iloc[0])
+    ax.set_ylabel("mean prediction")
+    ax.legend(fontsize="small")
+    return ax

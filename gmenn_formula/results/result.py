@@ -312,6 +312,28 @@ class GmennResult:
 
         return to_inference_data(self)
 
+    def partial_dependence(self, features, data: pd.DataFrame, groups=None, grid_points: int = 20, seed: int = 0) -> pd.DataFrame:
+        """Tidy partial dependence of the prediction on each of ``features`` over the rows of ``data``:
+        population level and, for ``groups`` ({factor: [levels]}), with those levels' effects.
+        Details: :func:`gmenn_formula.results.explain.partial_dependence`."""
+        from gmenn_formula.results.explain import partial_dependence
+
+        return partial_dependence(self, features, data, groups, grid_points, seed)
+
+    def permutation_importance(self, data: pd.DataFrame, features=None, n_repeats: int = 5, seed: int = 0) -> pd.DataFrame:
+        """Rise of the NLL per row of ``data`` (with its response; held-out rows) when each of
+        ``features`` (default: the nn() inputs) is shuffled, most important first.
+        Details: :func:`gmenn_formula.results.explain.permutation_importance`."""
+        from gmenn_formula.results.explain import permutation_importance
+
+        return permutation_importance(self, data, features, n_repeats, seed)
+
+    def plot_effects(self, feature: str, data: pd.DataFrame, groups=None, **kwargs):
+        """Line plot of :meth:`partial_dependence` on ``feature`` (one line per curve and class); returns the Axes."""
+        from gmenn_formula.results.plots import plot_partial_dependence
+
+        return plot_partial_dependence(self.partial_dependence(feature, data, groups), **kwargs)
+
     def plot_ranef(self, group: str | None = None, **kwargs):
         """Caterpillar plot of the random effects (mean +- 1.96 sd); see :func:`gmenn_formula.results.plots.plot_ranef`."""
         from gmenn_formula.results.plots import plot_ranef
