@@ -223,7 +223,7 @@ def _wald(design: Design, state: FitState, params: list[Parameter], estimate: np
         se[variance] = _standard_errors(information)
         notes.append(
             f"Variance parameters: from {sample.effects[0].shape[0]} posterior draws of the random effects at the "
-            "estimate (their Monte Carlo error shrinks with more draws=); fixed effects: lme4's Laplace information."
+            "estimate (their Monte Carlo error shrinks with more draws=)" + ("; fixed effects: lme4's Laplace information." if fixed else ".")
         )
     if fixed:
         information = fixed_effect_information(problem, model, state.covariances, state.dispersion, state.effect_mean, held)
