@@ -34,18 +34,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats import norm
 
 from gmenn_formula.design import Design
 from gmenn_formula.errors import ConvergenceWarning, DataError, GmennError, MonteCarloWarning
+from gmenn_formula.results.arguments import check_count, check_seed
 from gmenn_formula.results.state import FitState
-from gmenn_formula.results.status import SINGULAR_TOLERANCE
+from gmenn_formula.results.status import boundary_entries
 from gmenn_formula.results.tables import class_labels
 
 METHODS = ("wald", "boot")
-PARAMETER_SETS = ("theta_", "beta_")
-"""lme4's ``parm`` shorthands: the random-effect parameters (and sigma), the fixed effects."""
 DEFAULT_DRAWS = 200
 """Posterior draws for the Wald method's observed information."""
 DEFAULT_NSIM = 200
@@ -179,11 +177,9 @@ def _check_arguments(level, method, draws, nsim, seed) -> None:
         raise DataError(f"method must be one of {METHODS}, not {method!r}.")
     if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0 < level < 1:
         raise DataError(f"level must be a probability strictly between 0 and 1 (e.g. 0.95), not {level!r}.")
-    for name, value, least in (("draws", draws, 20), ("nsim", nsim, 2)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise DataError(f"{name} must be an integer of at least {least}, not {value!r}.")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise DataError(f"seed must be an integer or None, not {seed!r}.")
+    check_count("draws", draws, 20)
+    check_count("nsim", nsim, 2)
+    check_seed(seed)
 
 
 def _chosen(params: list[Parameter], parm) -> list[int]:
@@ -208,17 +204,16 @@ def _chosen(params: list[Parameter], parm) -> list[int]:
 def _wald(design: Design, state: FitState, params: list[Parameter], estimate: np.ndarray, level: float, draws: int, seed: int):
     from gmenn_formula.training.frozen import frozen, posterior_draws
     from gmenn_formula.training.information import fixed_effect_information, observed_information
-    from gmenn_formula.training.problem import EMProblem
 
     notes = []
-    held = _boundary(design, state)
+    held = {(l, k) for l, k, _ in boundary_entries(design, state)}  # as fit.status reports them
     variance = [i for i, p in enumerate(params) if p.kind != "beta" and (p.term, p.k) not in held]
     fixed = [i for i, p in enumerate(params) if p.kind == "beta"]
-    problem, model = frozen(EMProblem.from_design(design, torch.device("cpu")), state)
+    problem, model = frozen(design, state)
     working = _to_working(params, estimate)
     se = np.full(len(params), np.nan)
     if variance:
-        sample = posterior_draws(problem, model, state, state.config, draws, seed)
+        sample = posterior_draws(problem, model, state, draws, seed)
         information = observed_information(problem, model, [params[i] for i in variance], working[variance], sample.effects)
         se[variance] = _standard_errors(information)
         notes.append(
@@ -248,17 +243,6 @@ def _standard_errors(information: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,j,ij->i", vectors, 1 / values, vectors))
 
 
-def _boundary(design: Design, state: FitState) -> set[tuple[int, int]]:
-    """(term, class) pairs whose covariance is singular (as ``fit.status`` reports it)."""
-    scale = math.sqrt(state.dispersion) if design.family.has_dispersion else 1.0
-    held = set()
-    for l, covariances in enumerate(state.covariances):
-        for k, S in enumerate(covariances):
-            if np.linalg.eigvalsh(S).min() < (SINGULAR_TOLERANCE * scale) ** 2:
-                held.add((l, k))
-    return held
-
-
 def _to_working(params: list[Parameter], values: np.ndarray) -> np.ndarray:
     """Natural values -> the Wald scales: log sd, atanh cor, log sigma, beta."""
     out = values.astype(float).copy()
@@ -284,23 +268,19 @@ def _from_working(params: list[Parameter], values: np.ndarray) -> np.ndarray:
 def _boot(design: Design, state: FitState, params: list[Parameter], level: float, nsim: int, seed: int, progress: bool):
     from tqdm.auto import tqdm
 
-    from gmenn_formula.results.simulate import draw_effects
+    from gmenn_formula.results.simulate import simulated_random_part
     from gmenn_formula.training.frozen import frozen, refit, with_response
-    from gmenn_formula.training.problem import EMProblem
     from gmenn_formula.training.config import FitConfig
     from gmenn_formula.training.variance import predict_fixed
 
-    problem, model = frozen(EMProblem.from_design(design, torch.device("cpu")), state)
+    problem, model = frozen(design, state)
     F = predict_fixed(model, problem.rows).numpy().astype(float)
     trials = problem.trials.astype(float)
     rng = np.random.default_rng(seed)
     control = {**state.config.to_control(), "verbose": 0}
     replicates, failed, unsettled = [], 0, 0
     for index in tqdm(range(nsim), desc="bootstrap", unit="fit", leave=False, disable=None if progress else True):
-        eta = F.copy()
-        for r, covariances in zip(design.random, state.covariances):
-            effects = draw_effects(rng, covariances, 1, r.num_levels)[0]  # (q, p, c)
-            eta += np.einsum("np,npc->nc", r.Z, effects[r.codes])
+        eta = F + simulated_random_part(state, design, None, 1, False, rng)[0]
         y = design.family.sample(rng, eta, trials, state.dispersion)
         settings = FitConfig.from_control(**{**control, "seed": seed + index + 1})
         try:

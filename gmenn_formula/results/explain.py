@@ -23,6 +23,7 @@ import pandas as pd
 
 from gmenn_formula.design.checks import GROUPING_ROLE
 from gmenn_formula.errors import DataError, DataTypeError, NewLevelWarning
+from gmenn_formula.results.arguments import check_count, check_seed
 
 GRID_POINTS = 20
 """Grid values of a numeric predictor: its quantiles from GRID_RANGE[0] to GRID_RANGE[1]."""
@@ -44,7 +45,7 @@ def _predictors(result, features: Sequence[str] | str, data: pd.DataFrame) -> li
     or a grouping factor)."""
     wanted = [features] if isinstance(features, str) else list(features)
     roles = result.spec.column_roles()
-    usable = [name for name, role in roles.items() if role != "response" and not role.startswith(GROUPING_ROLE)]
+    usable = _usable(roles)
     if not wanted or not all(isinstance(f, str) for f in wanted):
         raise DataError(f"features must be one or more column names, not {features!r}; this model's predictors: {', '.join(usable)}.")
     for name in wanted:
@@ -55,6 +56,11 @@ def _predictors(result, features: Sequence[str] | str, data: pd.DataFrame) -> li
         if name not in data.columns:
             raise DataError(f"data has no column {name!r}.")
     return wanted
+
+
+def _usable(roles: dict[str, str]) -> list[str]:
+    """The predictors among the model's columns (``DesignSpec.column_roles``): neither the response nor a grouping factor."""
+    return [name for name, role in roles.items() if role != "response" and not role.startswith(GROUPING_ROLE)]
 
 
 def _grid(values: pd.Series, points: int) -> np.ndarray:
@@ -82,8 +88,8 @@ def partial_dependence(
     scale (class probabilities for categorical)."""
     frame = _frame(data)
     names = _predictors(result, features, frame)
-    if isinstance(grid_points, bool) or not isinstance(grid_points, (int, np.integer)) or grid_points < 2:
-        raise DataError(f"grid_points must be an integer of at least 2, not {grid_points!r}.")
+    check_count("grid_points", grid_points, 2)
+    check_seed(seed)
     curves = [(None, POPULATION)] + _group_levels(result, groups)
     sample = frame if len(frame) <= MAX_ROWS else frame.sample(MAX_ROWS, random_state=seed)
     outputs = result.family.output_names(result.spec.response.classes)
@@ -134,10 +140,10 @@ def permutation_importance(
     if features is None:
         roles = result.spec.column_roles()
         network = [name for name, role in roles.items() if role == "nn() inputs"]
-        features = network or [n for n, r in roles.items() if r != "response" and not r.startswith(GROUPING_ROLE)]
+        features = network or _usable(roles)
     names = _predictors(result, features, frame)
-    if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
-        raise DataError(f"n_repeats must be a positive integer, not {n_repeats!r}.")
+    check_count("n_repeats", n_repeats, 1)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     baseline = _nll(result, frame)
     rows = []

@@ -68,6 +68,7 @@ from scipy.special import gammaln, logsumexp
 from gmenn_formula.design import Design
 from gmenn_formula.design.sparse import PenalizedSystem, factored_design
 from gmenn_formula.errors import DataError
+from gmenn_formula.results.arguments import check_count
 from gmenn_formula.results.state import FitState
 
 METHODS = ("auto", "exact", "importance")
@@ -229,8 +230,8 @@ def marginal_loglik(
     """
     if method not in METHODS:
         raise DataError(f"method must be one of {METHODS}, not {method!r}.")
-    if draws is not None and (not isinstance(draws, (int, np.integer)) or draws < 2):
-        raise DataError(f"draws must be an integer of at least 2, not {draws!r}.")
+    if draws is not None:
+        check_count("draws", draws, 2)
     if design.response is None:
         raise DataError("The log-likelihood needs the response of the fitting rows.")
     family = design.family

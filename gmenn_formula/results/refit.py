@@ -17,12 +17,12 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
 
 from gmenn_formula.design import NEW_LEVEL, Design
 from gmenn_formula.design.grouping import GroupingFactor
 from gmenn_formula.design.response import ResponseData
 from gmenn_formula.errors import DataError, DataTypeError, NewLevelWarning
+from gmenn_formula.results.arguments import check_count, check_seed
 
 
 def refit_effects(result, newdata: pd.DataFrame, draws: int = 200, seed: int | None = None):
@@ -32,10 +32,8 @@ def refit_effects(result, newdata: pd.DataFrame, draws: int = 200, seed: int | N
 
     if not isinstance(newdata, pd.DataFrame):
         raise DataTypeError(f"newdata must be a pandas DataFrame, not {type(newdata).__name__}.")
-    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2:
-        raise DataError(f"draws must be an integer of at least 2, not {draws!r}.")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise DataError(f"seed must be an integer or None, not {seed!r}.")
+    check_count("draws", draws, 2)
+    check_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NewLevelWarning)
         first = result.spec.apply(newdata, response=True)
@@ -117,10 +115,9 @@ def _new_level_design(extended: Design, old_levels: dict[str, int], means: list[
 def _posterior(sub: Design, state, known: np.ndarray, draws: int, seed: int) -> tuple[np.ndarray, ...]:
     """(m, q_new + 1, p, c) posterior draws per term of the sub-design (the last level the placeholder)."""
     from gmenn_formula.training.frozen import frozen, posterior_draws
-    from gmenn_formula.training.problem import EMProblem
 
-    problem, model = frozen(EMProblem.from_design(sub, torch.device("cpu")), state, known)
-    return tuple(np.asarray(b, dtype=np.float64) for b in posterior_draws(problem, model, state, state.config, draws, seed).effects)
+    problem, model = frozen(sub, state, known)
+    return tuple(np.asarray(b, dtype=np.float64) for b in posterior_draws(problem, model, state, draws, seed).effects)
 
 
 def _stored(stored: np.ndarray, new: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ import pandas as pd
 
 from gmenn_formula.design import NEW_LEVEL, Design, RandomEffectDesign
 from gmenn_formula.errors import DataError
+from gmenn_formula.results.arguments import check_count
+from gmenn_formula.results.state import FitState
 
 UNCONDITIONAL = ("~0", "~ 0", "NA")
 """Spellings of lme4's re.form=NA: new random effects for every level."""
@@ -39,7 +41,7 @@ def _level_codes(part: RandomEffectDesign, frame: pd.DataFrame | None, rows: pd.
     return codes, len(uniques)
 
 
-def draw_effects(rng: np.random.Generator, covariances: np.ndarray, nsim: int, levels: int) -> np.ndarray:
+def _draw_effects(rng: np.random.Generator, covariances: np.ndarray, nsim: int, levels: int) -> np.ndarray:
     """(nsim, levels, p, c) draws from N(0, covariances[c]) for covariances (c, p, p), semidefinite allowed."""
     values, vectors = np.linalg.eigh(covariances)
     roots = vectors * np.sqrt(np.clip(values, 0.0, None))[:, None, :]  # (c, p, p): S = R R^T
@@ -48,16 +50,20 @@ def draw_effects(rng: np.random.Generator, covariances: np.ndarray, nsim: int, l
     return np.einsum("cij,nlcj->nlic", roots, z)
 
 
-def _random_part(result, design: Design, frame: pd.DataFrame | None, nsim: int, conditional: bool, rng: np.random.Generator) -> np.ndarray:
-    """(nsim, n, c) sum over terms of Z_l b_l with the simulation's effects."""
-    total = np.zeros((nsim, design.num_rows, result.state.num_outputs))
-    for part, mean, covariances in zip(design.random, result.state.effect_mean, result.state.covariances):
+def simulated_random_part(
+    state: FitState, design: Design, frame: pd.DataFrame | None, nsim: int, conditional: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """(nsim, n, c) sum over terms of Z_l b_l with the simulation's effects: new draws from the
+    fitted covariances for every level, or (``conditional``) the fitted means for the levels the fit
+    knows and new draws for the levels of ``frame``'s rows it does not."""
+    total = np.zeros((nsim, design.num_rows, state.num_outputs))
+    for part, mean, covariances in zip(design.random, state.effect_mean, state.covariances):
         codes, num_new = _level_codes(part, frame, design.rows)
         if conditional:
-            new = draw_effects(rng, covariances, nsim, num_new)
+            new = _draw_effects(rng, covariances, nsim, num_new)
             effects = np.concatenate([np.broadcast_to(mean, (nsim, *mean.shape)), new], axis=1)
         else:
-            effects = draw_effects(rng, covariances, nsim, part.num_levels + num_new)
+            effects = _draw_effects(rng, covariances, nsim, part.num_levels + num_new)
         total += np.einsum("np,snpc->snc", part.Z, effects[:, codes])
     return total
 
@@ -78,8 +84,7 @@ def simulate(
     the rows used (rows with missing values are dropped). ``seed`` seeds a
     numpy Generator; ``re_form`` as in the module docstring.
     """
-    if not isinstance(nsim, (int, np.integer)) or nsim < 1:
-        raise DataError(f"nsim must be a positive integer, not {nsim!r}.")
+    check_count("nsim", nsim, 1)
     if re_form is not None and re_form not in UNCONDITIONAL:
         raise DataError(f"re_form must be '~0' (new random effects, lme4's default) or None (the fitted effects), not {re_form!r}.")
     frame = None if newdata is None else newdata.reset_index(drop=True)  # positions make rows of duplicated labels distinct
@@ -87,6 +92,6 @@ def simulate(
     design = result._design_for(frame, allow_new_levels=True, with_random_effects=re_form is None)
     rng = np.random.default_rng(seed)
     fixed = result._linear_predictor(design, include_random=False)
-    eta = fixed[None] + _random_part(result, design, frame, nsim, re_form is None, rng)
+    eta = fixed[None] + simulated_random_part(result.state, design, frame, nsim, re_form is None, rng)
     index = design.rows if newdata is None else newdata.index[design.rows]
     return pd.DataFrame(_draw_responses(result, design, eta, rng).T, index=index, columns=[f"sim_{i}" for i in range(1, nsim + 1)])

@@ -18,16 +18,26 @@ SINGULAR_TOLERANCE = 1e-4
 """lme4's default ``tol`` of ``isSingular()``."""
 
 
+def boundary_entries(design: Design, state: FitState) -> list[tuple[int, int, int]]:
+    """(term, class, coefficient) of each variance at the boundary: a relative Cholesky diagonal
+    entry below :data:`SINGULAR_TOLERANCE`."""
+    scale = np.sqrt(state.dispersion) if design.family.has_dispersion else 1.0
+    return [
+        (l, c, a)
+        for l, covariances in enumerate(state.covariances)
+        for c, S in enumerate(covariances)
+        for a, d in enumerate(np.diag(_cholesky(S)) / scale)
+        if d < SINGULAR_TOLERANCE
+    ]
+
+
 def near_zero_terms(design: Design, state: FitState) -> list[str]:
     """"group term" (with the class for several outputs) of each variance at the boundary."""
-    scale = np.sqrt(state.dispersion) if design.family.has_dispersion else 1.0
-    names = []
-    for r, covariances in zip(design.random, state.covariances):
-        for c, S in enumerate(covariances):
-            diagonal = np.diag(_cholesky(S)) / scale
-            label = f" (class {c})" if len(covariances) > 1 else ""
-            names += [f"{r.name} {name}{label}" for name, d in zip(r.term_names, diagonal) if d < SINGULAR_TOLERANCE]
-    return names
+    several = state.num_outputs > 1
+    return [
+        f"{design.random[l].name} {design.random[l].term_names[a]}" + (f" (class {c})" if several else "")
+        for l, c, a in boundary_entries(design, state)
+    ]
 
 
 def _cholesky(S: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gmenn_formula.design import Design
 from gmenn_formula.estep.arrays import EpochDraws
 from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.results.state import FitState
@@ -50,10 +51,11 @@ class Refit:
     converged: bool
 
 
-def frozen(problem: EMProblem, state: FitState, extra: np.ndarray | None = None) -> tuple[EMProblem, FixedPart]:
-    """``problem`` with the fitted networks' output (plus ``extra`` (n, c), a further known part of
-    eta such as the effects of levels already estimated) as its fixed input, and a fixed part
-    holding that input and the fitted beta (a copy: the fit's model is not touched)."""
+def frozen(design: Design, state: FitState, extra: np.ndarray | None = None) -> tuple[EMProblem, FixedPart]:
+    """The problem of ``design`` (on the CPU) with the fitted networks' output (plus ``extra`` (n, c),
+    a further known part of eta such as the effects of levels already estimated) as its fixed input,
+    and a fixed part holding that input and the fitted beta (a copy: the fit's model is not touched)."""
+    problem = EMProblem.from_design(design, torch.device("cpu"))
     rows, model = problem.rows, state.model.to(problem.device).eval()
     c, k = problem.num_outputs, len(problem.fixed_names)
     networks: list[nn.Module] = []
@@ -77,12 +79,10 @@ def with_response(problem: EMProblem, y: np.ndarray) -> EMProblem:
     return dataclasses.replace(problem, rows=rows, y=np.asarray(y).astype(problem.y.dtype))
 
 
-def posterior_draws(
-    problem: EMProblem, model: FixedPart, state: FitState, config: FitConfig, num_draws: int, seed: int
-) -> EpochDraws:
+def posterior_draws(problem: EMProblem, model: FixedPart, state: FitState, num_draws: int, seed: int) -> EpochDraws:
     """``num_draws`` draws of the random effects given y, the fixed part and the fitted covariances
-    and dispersion (after ``config.estep.burn_in`` dropped draws), by the fit's E-step."""
-    config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, seed=seed))
+    and dispersion (after the fit's burn-in), by the fit's E-step with its settings and ``seed``."""
+    config = dataclasses.replace(state.config, runtime=dataclasses.replace(state.config.runtime, seed=seed))
     sampler = sampler_config(problem, config, config.estep.draws, variances=True)
     estep = make_estep(problem, config, sampler, np.ones(problem.num_rows))
     F = predict_fixed(model, problem.rows).cpu().numpy()

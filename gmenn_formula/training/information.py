@@ -31,15 +31,14 @@ from torch.func import grad, hessian
 from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.mstep.step import random_part
 from gmenn_formula.training.problem import EMProblem
-from gmenn_formula.training.variance import predict_fixed
+from gmenn_formula.training.variance import predict_fixed, predict_held
 
 
 def observed_information(problem: EMProblem, model: FixedPart, params: Sequence, phi: np.ndarray, effects: tuple[np.ndarray, ...]) -> np.ndarray:
     """(P, P) Louis information at ``phi`` (P,) of ``params`` (confint's Parameter of kind sd, cor
     or sigma: term, class k, coefficients a, b), from the draws ``effects`` (m, q_l, p_l, c) per term."""
     rows = problem.rows
-    with torch.no_grad():
-        held = (predict_fixed(model, rows) - rows.X_fixed @ model.beta).double()  # (n, c): all but X beta
+    held = predict_held(model, rows).double()
     X, y, trials = rows.X_fixed.double(), rows.y, rows.trials.double()
     if problem.family.y_dtype != np.int64:
         y = y.double()
@@ -97,7 +96,7 @@ def fixed_effect_information(problem: EMProblem, model: FixedPart, covariances: 
     (q, p, c) per term), G the effects' prior covariance; (term, class) pairs in ``held`` (at the
     boundary) have no effects."""
     rows, c = problem.rows, problem.num_outputs
-    n, k = len(rows), rows.X_fixed.shape[1]
+    n = len(rows)
     with torch.no_grad():
         means = tuple(torch.as_tensor(b[None], dtype=torch.float32) for b in effect_means)
         eta = predict_fixed(model, rows) + random_part(means, rows)[0]

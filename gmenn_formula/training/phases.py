@@ -32,7 +32,7 @@ from gmenn_formula.training.gaussian_ml import direct_fit_applies, fit_gaussian_
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.newton import MissingInformation, ParameterLayout, unit_groups
 from gmenn_formula.training.problem import EMProblem
-from gmenn_formula.training.variance import EffectMoments, predict_fixed, timed_draw, variance_update
+from gmenn_formula.training.variance import EffectMoments, predict_fixed, predict_held, timed_draw, variance_update
 
 
 MAX_BLOCKS = 20
@@ -132,8 +132,7 @@ class VariancePhases:
         started = time.perf_counter()
         rows = self.problem.rows
         if self.fit_beta:  # y less what the fixed part holds fixed: the offset, and frozen networks' output
-            held = predict_fixed(self.model, rows)[:, 0] - (rows.X_fixed @ self.model.beta.detach())[:, 0]
-            y, X = rows.y - held, rows.X_fixed
+            y, X = rows.y - predict_held(self.model, rows)[:, 0], rows.X_fixed
         else:
             y, X = rows.y - predict_fixed(self.model, rows)[:, 0], rows.X_fixed[:, :0]
         ml = fit_gaussian_ml(self.problem.terms, y.cpu().numpy(), X.cpu().numpy(), self.problem.correlated)

@@ -45,6 +45,13 @@ def predict_fixed(model: FixedPart, rows: Rows) -> torch.Tensor:
         return model(list(rows.X_networks), rows.X_fixed, rows.offset)
 
 
+def predict_held(model: FixedPart, rows: Rows) -> torch.Tensor:
+    """(n, c) the fixed part's output less its linear effects X beta: the offset and the networks'
+    output, what a fit of beta with the networks frozen holds fixed (no gradient)."""
+    with torch.no_grad():
+        return predict_fixed(model, rows) - rows.X_fixed @ model.beta
+
+
 def initial_dispersion(problem: EMProblem, model: FixedPart, rows: Rows) -> tuple[float, float]:
     """(dispersion, covariance scale) to start EM from: half the mean squared residual of the
     fixed part on ``rows`` and that residual for gaussian; 1.0 and 1.0 otherwise."""

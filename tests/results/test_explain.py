@@ -80,7 +80,9 @@ def test_plot_effects_draws_one_line_per_curve(fit, data):
         (lambda f, d: f.partial_dependence("x1", d, groups={"g": ["99"]}), DataError, "'99' is not a level of 'g'"),
         (lambda f, d: f.partial_dependence("x1", d, groups=["g"]), DataError, "groups must be a dict"),
         (lambda f, d: f.partial_dependence("x1", d, grid_points=1), DataError, "grid_points must be an integer"),
+        (lambda f, d: f.partial_dependence("x1", d, seed="one"), DataError, "seed must be an integer or None"),
         (lambda f, d: f.permutation_importance(d, n_repeats=0), DataError, "n_repeats must be a positive integer"),
+        (lambda f, d: f.permutation_importance(d, seed=2.5), DataError, "seed must be an integer or None"),
         (lambda f, d: f.permutation_importance(d, features=["g"]), DataError, "grouping factor"),
     ],
 )
