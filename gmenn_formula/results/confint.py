@@ -17,7 +17,10 @@ profile intervals are close to these where the likelihood is near quadratic on t
 
 ``method="boot"``: a parametric bootstrap (lme4's ``bootMer`` percentile intervals): ``nsim``
 response vectors simulated from the fit (new random effects from the fitted covariances), each
-refitted; the interval is the replicates' central quantiles.
+refitted; the interval is the replicates' central quantiles. ``n_jobs`` worker processes share
+the refits (-1: one per core; spawned processes, so a script that calls it needs the usual
+``if __name__ == "__main__":`` guard); the intervals do not depend on ``n_jobs``. Ctrl-C keeps
+the refits done so far (with a note) when there are at least two.
 
 With ``nn()`` terms both methods hold the networks fixed at their fitted weights (their output is
 a known offset): the intervals are conditional on the network and do not carry its uncertainty.
@@ -26,7 +29,6 @@ A variance estimated at 0 (the boundary, see ``fit.status``) gets no Wald interv
 
 from __future__ import annotations
 
-import copy
 import html
 import math
 import warnings
@@ -37,7 +39,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from gmenn_formula.design import Design
-from gmenn_formula.errors import ConvergenceWarning, DataError, GmennError, MonteCarloWarning
+from gmenn_formula.errors import DataError, MonteCarloWarning
 from gmenn_formula.results.arguments import check_count, check_seed
 from gmenn_formula.results.state import FitState
 from gmenn_formula.results.status import boundary_entries
@@ -140,10 +142,12 @@ def confint(
     seed: int | None = None,
     data: pd.DataFrame | None = None,
     progress: bool = True,
+    n_jobs: int = 1,
 ) -> ConfInt:
     """Intervals of ``result``'s parameters (see the module docstring); ``data``: the fitting rows,
     needed for a model read from a file."""
     _check_arguments(level, method, draws, nsim, seed)
+    workers = _workers(n_jobs)
     if data is not None:
         design = result.spec.apply(data, allow_new_levels=False)
     else:
@@ -157,7 +161,7 @@ def confint(
     if method == "wald":
         lower, upper, notes = _wald(design, state, params, estimate, level, draws, seed)
     else:
-        lower, upper, notes = _boot(design, state, params, level, nsim, seed, progress)
+        lower, upper, notes = _boot(design, state, params, level, nsim, seed, progress, workers)
     if design.spec.networks:
         notes.insert(0, "The networks are held at their fitted weights: the intervals are conditional on them.")
     if state.interrupted:
@@ -180,6 +184,19 @@ def _check_arguments(level, method, draws, nsim, seed) -> None:
     check_count("draws", draws, 20)
     check_count("nsim", nsim, 2)
     check_seed(seed)
+
+
+def _workers(n_jobs) -> int:
+    """Worker processes for ``n_jobs`` (a positive integer, or -1 for one per core)."""
+    from gmenn_formula.training.refits import available_cores
+
+    if not isinstance(n_jobs, bool) and isinstance(n_jobs, (int, np.integer)) and n_jobs == -1:
+        return available_cores()
+    try:
+        check_count("n_jobs", n_jobs, 1)
+    except DataError as error:
+        raise DataError(f"{error} Use -1 for one worker per core.") from None
+    return int(n_jobs)
 
 
 def _chosen(params: list[Parameter], parm) -> list[int]:
@@ -265,34 +282,42 @@ def _from_working(params: list[Parameter], values: np.ndarray) -> np.ndarray:
 
 
 # -- parametric bootstrap -----------------------------------------------------------------------
-def _boot(design: Design, state: FitState, params: list[Parameter], level: float, nsim: int, seed: int, progress: bool):
+def _boot(design: Design, state: FitState, params: list[Parameter], level: float, nsim: int, seed: int, progress: bool, n_jobs: int):
     from tqdm.auto import tqdm
 
     from gmenn_formula.results.simulate import simulated_random_part
-    from gmenn_formula.training.frozen import frozen, refit, with_response
     from gmenn_formula.training.config import FitConfig
+    from gmenn_formula.training.frozen import frozen
+    from gmenn_formula.training.refits import refit_responses
     from gmenn_formula.training.variance import predict_fixed
 
     problem, model = frozen(design, state)
     F = predict_fixed(model, problem.rows).numpy().astype(float)
     trials = problem.trials.astype(float)
     rng = np.random.default_rng(seed)
+    responses = [design.family.sample(rng, F + simulated_random_part(state, design, None, 1, False, rng)[0], trials, state.dispersion) for _ in range(nsim)]
     control = {**state.config.to_control(), "verbose": 0}
-    replicates, failed, unsettled = [], 0, 0
-    for index in tqdm(range(nsim), desc="bootstrap", unit="fit", leave=False, disable=None if progress else True):
-        eta = F + simulated_random_part(state, design, None, 1, False, rng)[0]
-        y = design.family.sample(rng, eta, trials, state.dispersion)
-        settings = FitConfig.from_control(**{**control, "seed": seed + index + 1})
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                fit = refit(with_response(problem, y), copy.deepcopy(model), settings)
-        except GmennError:
-            failed += 1
-            continue
-        unsettled += not fit.converged
-        replicates.append(natural_values(params, fit.covariances, fit.dispersion, fit.beta))
-    notes = [f"{len(replicates)} of {nsim} bootstrap refits returned."]
+    configs = [FitConfig.from_control(**{**control, "seed": seed + index + 1}) for index in range(nsim)]
+    replicates: dict[int, np.ndarray] = {}
+    failed = unsettled = 0
+    notes = []
+    bar = tqdm(total=nsim, desc="bootstrap", unit="fit", leave=False, disable=None if progress else True)
+    try:
+        for index, fit in refit_responses(problem, model, responses, configs, min(n_jobs, nsim)):
+            bar.update()
+            if fit is None:
+                failed += 1
+                continue
+            unsettled += not fit.converged
+            replicates[index] = natural_values(params, fit.covariances, fit.dispersion, fit.beta)
+    except KeyboardInterrupt:
+        if len(replicates) < 2:
+            raise
+        notes.append(f"Interrupted: the percentiles use the {len(replicates)} refits done before Ctrl-C.")
+        warnings.warn(notes[-1], MonteCarloWarning, stacklevel=3)
+    finally:
+        bar.close()
+    notes.insert(0, f"{len(replicates)} of {nsim} bootstrap refits returned.")
     if failed or unsettled:
         message = f"{failed} refits failed and {unsettled} did not converge; " if failed else f"{unsettled} refits did not converge; "
         notes.append(message + "the percentiles use the refits that returned.")
@@ -300,6 +325,6 @@ def _boot(design: Design, state: FitState, params: list[Parameter], level: float
     if len(replicates) < 2:
         nan = np.full(len(params), np.nan)
         return nan, nan.copy(), notes
-    values = np.asarray(replicates)
+    values = np.asarray([replicates[index] for index in sorted(replicates)])
     alpha = (1 - level) / 2
     return np.nanquantile(values, alpha, axis=0), np.nanquantile(values, 1 - alpha, axis=0), notes

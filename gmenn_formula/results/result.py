@@ -139,7 +139,8 @@ class GmennResult:
         fixed effects, as lme4's ``confint()``: ``method`` "wald" (observed information by Louis'
         method from ``draws`` posterior draws) or "boot" (parametric bootstrap of ``nsim`` refits);
         ``parm`` None (all), "theta_", "beta_" or names; ``options``: draws, nsim, seed, data (the
-        fitting rows, for a loaded model), progress. Networks are held at their fitted weights.
+        fitting rows, for a loaded model), progress, n_jobs (bootstrap worker processes; -1: one
+        per core). Networks are held at their fitted weights.
         Returns a :class:`~gmenn_formula.results.confint.ConfInt` (``.table``, printed with its method)."""
         from gmenn_formula.results.confint import confint
 

