@@ -17,7 +17,7 @@ import numpy as np
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep import sampler
 from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
-from gmenn_formula.estep.model import ModelParams, compile_model, model_data
+from gmenn_formula.estep.model import ModelData, ModelParams, compile_model, model_data
 from gmenn_formula.estep.precondition import BlockWhitening, build_whitening
 from gmenn_formula.families import Family
 
@@ -33,6 +33,14 @@ def _approximate_posterior_draw(rng: np.random.Generator, whitening: BlockWhiten
 
 
 _unwhiten = jax.jit(BlockWhitening.unwhiten)
+
+
+@partial(jax.jit, static_argnames=("family", "eta_fn"))
+def _whitening(center, params: ModelParams, data: ModelData, precisions, family: Family, eta_fn) -> BlockWhitening:
+    """The whitening at ``center`` (per term (q_l, d_l)): the family's Fisher information of the rows
+    at the linear predictor ``eta_fn`` gives there, weighted, plus the prior ``precisions``."""
+    fisher = family.fisher(eta_fn(center, params, data), data.trials, params.dispersion, xp=jnp)
+    return build_whitening(center, fisher * data.weights[:, None, None], data.codes, data.Z, precisions)
 
 
 def _floored(covariances: np.ndarray) -> np.ndarray:
@@ -79,13 +87,6 @@ class EStep:
         self.cold = True
         self.key = jax.random.PRNGKey(seed)
         self.rng = np.random.default_rng(seed)
-        compiled = self.compiled
-
-        def whitening(center, params: ModelParams, data: ModelData, precisions):
-            fisher = family.fisher(compiled.eta(center, params, data), data.trials, params.dispersion, xp=jnp)
-            return build_whitening(center, fisher * data.weights[:, None, None], data.codes, data.Z, precisions)
-
-        self._whitening = jax.jit(whitening)
 
     @property
     def chunk(self) -> int:
@@ -119,7 +120,7 @@ class EStep:
         whitening = None
         if self.config.kind == "whitened":
             precisions = tuple(jnp.asarray(np.linalg.inv(S), jnp.float32) for S in floored)
-            whitening = self._whitening(self.center, params, self.data, precisions)
+            whitening = _whitening(self.center, params, self.data, precisions, self.family, self.compiled.eta)
         if self.cold and whitening is not None:
             self.state = self.state._replace(position=_approximate_posterior_draw(self.rng, whitening))
         self.cold = False

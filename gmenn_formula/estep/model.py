@@ -1,4 +1,4 @@
-"""The E-step's PyMC model, compiled once per fit to one JAX function.
+"""The E-step's PyMC model, compiled once per model structure to one JAX function.
 
 The model (n rows, c outputs, per random-effect term l: q_l levels, p_l coefficients):
 
@@ -26,6 +26,13 @@ same static shape (static shapes let PyTensor fold the ``arange`` calls JAX
 needs constant), and jaxify the graph: F, the Cholesky factors, the dispersion
 and the data arrays are all arguments, so one compilation serves every epoch.
 
+The compiled model depends on the data only through its shapes and dtypes, so one process keeps
+the last :data:`COMPILED_MODELS` of them (by family, rows, outputs and per term levels and
+coefficients): a second fit of the same structure, a bootstrap refit or a ``refit_effects()`` of
+the same rows reuses the model and, with it, every jitted function that takes its log density
+(no tracing, no XLA compilation; a cold start compiles once, or loads the result from JAX's
+persistent cache).
+
 Everything runs in float32 (see :func:`~gmenn_formula.estep.runtime.configure_jax`).
 
 The sampler sees each term's effects as a (q_l, p_l * c) block, index
@@ -35,6 +42,7 @@ The sampler sees each term's effects as a (q_l, p_l * c) block, index
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, NamedTuple
 
 import jax
@@ -49,6 +57,10 @@ from pytensor.graph.replace import graph_replace
 from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.estep.runtime import configure_jax
 from gmenn_formula.families import Family
+
+
+COMPILED_MODELS = 8
+"""Compiled models a process keeps (the most recently used)."""
 
 
 class ModelData(NamedTuple):
@@ -126,9 +138,19 @@ def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, tr
 
 
 def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, num_outputs: int) -> CompiledModel:
-    """Build the PyMC model and jaxify its log density and linear predictor once."""
+    """The jaxified log density and linear predictor of the model of these shapes and dtypes
+    (built and jaxified on the first call, then taken from the process's cache)."""
+    structure = tuple((t.num_levels, t.num_coefs, t.codes.dtype.str, t.Z.dtype.str) for t in terms)
+    return _compile(family, len(y), np.asarray(y).dtype.str, np.asarray(trials).dtype.str, num_outputs, structure)
+
+
+@lru_cache(maxsize=COMPILED_MODELS)
+def _compile(family: Family, n: int, y_dtype: str, trials_dtype: str, num_outputs: int, structure: tuple) -> CompiledModel:
+    """Build the PyMC model on placeholder data of these shapes and jaxify it; ``structure`` per
+    term (levels, coefficients, codes' dtype, Z's dtype)."""
     configure_jax()
-    model, shared = build_model(family, terms, y, trials, num_outputs)
+    terms = tuple(TermArrays(np.zeros(n, codes), np.zeros((n, p), Z), q) for q, p, codes, Z in structure)
+    model, shared = build_model(family, terms, np.zeros(n, y_dtype), np.ones(n, trials_dtype), num_outputs)
     inputs = {name: pt.tensor(name=name, dtype=var.dtype, shape=var.get_value().shape) for name, var in shared.items()}
     (eta_values,) = model.replace_rvs_by_values([model["eta"]])
     logp, eta = graph_replace([model.logp(), eta_values], {shared[name]: inputs[name] for name in shared}, strict=False)

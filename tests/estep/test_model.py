@@ -14,6 +14,7 @@ from jax.scipy.stats import multivariate_normal, norm
 from targets import linear_predictor
 
 from gmenn_formula.estep.sampler import SamplerConfig, init, sample_chunk
+from gmenn_formula.estep import driver
 from gmenn_formula.estep.driver import EStep
 from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.estep.model import ModelParams, compile_model, model_data
@@ -116,11 +117,26 @@ def test_compiled_e_step_holds_no_custom_call(name):
     family, terms, y, trials, weights, c, params = problem(name)
     estep = EStep(family, terms, y, trials, weights, c, SamplerConfig(num_draws=2, burn_in=0, max_tree_depth=3), seed=0)
     precisions = tuple(jnp.asarray(np.eye(p)[None].repeat(c, 0), jnp.float32) for q, p, _ in estep.shapes)
-    whitening_text = estep._whitening.lower(estep.center, params, estep.data, precisions).compile().as_text()
-    whitening = estep._whitening(estep.center, params, estep.data, precisions)
+    arguments = (estep.center, params, estep.data, precisions, estep.family, estep.compiled.eta)
+    whitening_text = driver._whitening.lower(*arguments).compile().as_text()
+    whitening = driver._whitening(*arguments)
     state = init(estep.center, estep.config)
     sampler_text = sample_chunk.lower(
         jax.random.PRNGKey(0), state, estep.compiled.logdensity, estep.config, whitening, (params, estep.data)
     ).compile().as_text()
     for text in (whitening_text, sampler_text):
         assert re.findall(r'custom_call_target="([^"]+)"', text) == []
+
+
+def test_a_model_of_the_same_structure_is_compiled_once_and_serves_other_data():
+    family, terms, y, trials, weights, c, params = problem("binomial")
+    first = compile_model(family, terms, y, trials, c)
+    shuffled = tuple(TermArrays(t.codes[::-1].copy(), t.Z[::-1].copy(), t.num_levels) for t in terms)
+    again = compile_model(family, shuffled, y[::-1].copy(), trials, c)
+    assert again is first  # same shapes and dtypes: the cached model, and the sampler's jit cache with it
+    position = tuple(jnp.full((q, p * c), 0.3, jnp.float32) for q, p, c in first.shapes)
+    data = model_data(shuffled, y[::-1].copy(), trials, weights[::-1].copy())
+    expected = linear_predictor(params.F, data.codes, data.Z, position)
+    np.testing.assert_allclose(again.eta(position, params, data), expected, rtol=1e-5, atol=1e-5)
+    more_levels = tuple(TermArrays(t.codes, t.Z, t.num_levels + 1) for t in terms)
+    assert compile_model(family, more_levels, y, trials, c) is not first
