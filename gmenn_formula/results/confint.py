@@ -295,15 +295,20 @@ def _boot(design: Design, state: FitState, params: list[Parameter], level: float
     F = predict_fixed(model, problem.rows).numpy().astype(float)
     trials = problem.trials.astype(float)
     rng = np.random.default_rng(seed)
-    responses = [design.family.sample(rng, F + simulated_random_part(state, design, None, 1, False, rng)[0], trials, state.dispersion) for _ in range(nsim)]
     control = {**state.config.to_control(), "verbose": 0}
-    configs = [FitConfig.from_control(**{**control, "seed": seed + index + 1}) for index in range(nsim)]
+
+    def jobs():
+        """Per replicate a simulated response and the refit's settings, drawn in order from ``rng``."""
+        for index in range(nsim):
+            eta = F + simulated_random_part(state, design, None, 1, False, rng)[0]
+            yield design.family.sample(rng, eta, trials, state.dispersion), FitConfig.from_control(**{**control, "seed": seed + index + 1})
+
     replicates: dict[int, np.ndarray] = {}
     failed = unsettled = 0
     notes = []
     bar = tqdm(total=nsim, desc="bootstrap", unit="fit", leave=False, disable=None if progress else True)
     try:
-        for index, fit in refit_responses(problem, model, responses, configs, min(n_jobs, nsim)):
+        for index, fit in refit_responses(problem, model, jobs(), min(n_jobs, nsim)):
             bar.update()
             if fit is None:
                 failed += 1

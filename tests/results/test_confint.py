@@ -4,6 +4,7 @@ percentiles, every family's parameter names, bad input; coverage in a simulation
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -106,7 +107,7 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_refits_done(sleepstudy_fit, monk
     design = sleepstudy_fit._design_for(None, allow_new_levels=False)
     problem, model = frozen.frozen(design, sleepstudy_fit.state)
     configs = [sleepstudy_fit.state.config] * 6
-    outcomes = refits.refit_responses(problem, model, [problem.y] * 6, configs, workers=2)
+    outcomes = refits.refit_responses(problem, model, zip([problem.y] * 6, configs), workers=2)
     index, first = next(outcomes)
     assert first is not None and len(multiprocessing.active_children()) == 2
     with pytest.raises(KeyboardInterrupt):
@@ -115,8 +116,8 @@ def test_ctrl_c_stops_the_workers_and_keeps_the_refits_done(sleepstudy_fit, monk
 
     refit_responses = refits.refit_responses
 
-    def interrupted_after_three(problem, model, responses, configs, workers):
-        yield from refit_responses(problem, model, responses[:3], configs[:3], workers)
+    def interrupted_after_three(problem, model, jobs, workers):
+        yield from refit_responses(problem, model, itertools.islice(jobs, 3), workers)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(refits, "refit_responses", interrupted_after_three)
