@@ -1,7 +1,8 @@
 """Process-wide settings of JAX and XLA for the E-step, made in one place before JAX starts.
 
-:func:`configure_jax` runs when the first E-step is built (nothing in the package
-starts JAX's backend before that). It sets:
+:func:`configure_jax` runs when the first E-step is built. XLA reads its flags when JAX's
+backend starts, so nothing in the package may start it before that (``import blackjax``
+does: :mod:`~gmenn_formula.estep.sampler` imports it where it traces). It sets:
 
 - ``XLA_PYTHON_CLIENT_PREALLOCATE=false``: JAX would take 75% of a GPU's memory when
   its backend starts, and torch trains the network on the same GPU;

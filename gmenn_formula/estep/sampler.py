@@ -68,7 +68,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 from jax import Array
@@ -170,6 +169,8 @@ def sample_chunk(
 
     def target(x: Position) -> Array:
         return sampler_logdensity(x, *logdensity_args)
+
+    import blackjax  # here, not at the top: importing blackjax starts JAX's backend, which must follow configure_jax
 
     x0 = to_sampler(state.position)
     identity_inverse_mass = jnp.ones(sum(x.size for x in x0), dtype=jnp.float32)

@@ -87,11 +87,12 @@ class VariancePhases:
         self.messages: list[str] = []
         self.result: Estimate | None = None
 
-    def _draw(self, num_draws: int) -> tuple[EpochDraws, torch.Tensor, float]:
-        """One E-step of ``num_draws`` draws on all rows at the current parameters: the draws, F (n, c),
-        the sampler's seconds."""
+    def _draw(self, num_draws: int, burn_in: int | None = None) -> tuple[EpochDraws, torch.Tensor, float]:
+        """One E-step of ``num_draws`` draws on all rows at the current parameters, the first ``burn_in``
+        dropped (None: the ``burn_in`` setting): the draws, F (n, c), the sampler's seconds."""
         F = predict_fixed(self.model, self.problem.rows)
-        draws, seconds = timed_draw(self.estep, F, self.covariances, self.dispersion, num_draws, self.config.estep.burn_in)
+        burn_in = self.config.estep.burn_in if burn_in is None else burn_in
+        draws, seconds = timed_draw(self.estep, F, self.covariances, self.dispersion, num_draws, burn_in)
         return draws, F, seconds
 
     @property
@@ -148,9 +149,9 @@ class VariancePhases:
         self.moments.exact_mean = ml.effects
         maximised, loss = time.perf_counter() - started, -ml.loglik / self.problem.num_rows
         per_epoch = self.block_draws
-        for _ in range(min(self.config.convergence.window, max(1, self.moments.max_draws // per_epoch))):
+        for epoch in range(min(self.config.convergence.window, max(1, self.moments.max_draws // per_epoch))):
             started = time.perf_counter()
-            draws, _, estep_seconds = self._draw(per_epoch)
+            draws, _, estep_seconds = self._draw(per_epoch, None if epoch == 0 else 0)
             self.moments.add(draws.effects, self.log.last_epoch + 1)
             seconds = time.perf_counter() - started - estep_seconds + maximised
             self.log.add("average", self.covariances, self.dispersion, draws, estep_seconds, seconds, loss=loss)
@@ -217,7 +218,8 @@ class VariancePhases:
         targets, num_draws = [], self.block_draws
         for epoch in range(1, convergence.max_average_epochs + 1):
             started = time.perf_counter()
-            draws, F, estep_seconds = self._draw(num_draws)
+            # the chain carries on at fixed parameters: only the block's first epoch follows a change
+            draws, F, estep_seconds = self._draw(num_draws, None if epoch == 1 else 0)
             effects, covariances, dispersion = variance_update(self.problem, draws, F, rows, self.covariances, self.dispersion, False)
             information.add(tuple(torch.as_tensor(B, device=self.problem.device) for B in draws.effects), F, rows, self.dispersion)
             beta_t = loss = None
