@@ -20,6 +20,7 @@ from gmenn_formula.formula import parse  # noqa: E402
 from gmenn_formula.design import Design, DesignSpec, design  # noqa: E402  isort: skip
 
 from gmenn_formula.training.config import FitConfig  # noqa: E402  isort: skip
+from gmenn_formula.training.interrupts import deferred_interrupts, raise_if_interrupted  # noqa: E402  isort: skip
 
 _LAZY = {
     "gmenn": "gmenn_formula.api",
@@ -32,7 +33,11 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        # Ctrl-C waits for the import: one raised inside a C++ callback of torch's import aborts the process
+        with deferred_interrupts():
+            module = importlib.import_module(_LAZY[name])
+            raise_if_interrupted()
+        return getattr(module, name)
     raise AttributeError(f"module 'gmenn_formula' has no attribute {name!r}")
 
 

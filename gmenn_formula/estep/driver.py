@@ -1,7 +1,7 @@
 """The E-step of one fit: the compiled model, the sampler state, and the whitening.
 
-:class:`EStep` is the only stateful piece of the E-step: it keeps the compiled
-PyMC/JAX model, the data on the device, the sampler state (warm start) and the
+:class:`EStep` is the only stateful piece of the E-step: it keeps the model's compiled
+functions (:mod:`~gmenn_formula.estep.kernels`), the data on the device, the sampler state (warm start) and the
 center of the whitening (the mean of the previous epoch's draws), and turns
 (F, covariances, dispersion) into draws. Everything it calls is a pure function.
 """
@@ -17,8 +17,9 @@ import numpy as np
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep import sampler
 from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
-from gmenn_formula.estep.model import ModelData, ModelParams, compile_model, model_data
-from gmenn_formula.estep.precondition import BlockWhitening, build_whitening
+from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
+from gmenn_formula.estep.kernels import model_kernels
+from gmenn_formula.estep.precondition import BlockWhitening
 from gmenn_formula.families import Family
 
 VARIANCE_FLOOR = 1e-8
@@ -35,14 +36,6 @@ def _approximate_posterior_draw(rng: np.random.Generator, whitening: BlockWhiten
 _unwhiten = jax.jit(BlockWhitening.unwhiten)
 
 
-@partial(jax.jit, static_argnames=("family", "eta_fn"))
-def _whitening(center, params: ModelParams, data: ModelData, precisions, family: Family, eta_fn) -> BlockWhitening:
-    """The whitening at ``center`` (per term (q_l, d_l)): the family's Fisher information of the rows
-    at the linear predictor ``eta_fn`` gives there, weighted, plus the prior ``precisions``."""
-    fisher = family.fisher(eta_fn(center, params, data), data.trials, params.dispersion, xp=jnp)
-    return build_whitening(center, fisher * data.weights[:, None, None], data.codes, data.Z, precisions)
-
-
 def _floored(covariances: np.ndarray) -> np.ndarray:
     """(c, p, p) covariances plus VARIANCE_FLOOR on the diagonal."""
     return covariances + VARIANCE_FLOOR * np.eye(covariances.shape[-1])
@@ -53,8 +46,8 @@ class EStep:
 
     ``terms``: per random-effect term codes (n,), Z (n, p), q; ``y``, ``trials`` (n,);
     ``weights`` (n,): 1 for the rows the draws condition on, 0 for held-out rows (see
-    :meth:`set_weights`); ``num_outputs`` c. The model is compiled once here, and the
-    sampler once for ``config.num_draws`` draws (a *chunk*; ``config.burn_in`` must be
+    :meth:`set_weights`); ``num_outputs`` c. The sampler is compiled once for
+    ``config.num_draws`` draws (a *chunk*; ``config.burn_in`` must be
     0): :meth:`draw` runs as many chunks as an epoch's K needs and drops its R burn-in
     draws itself, so the K = 2 epochs of training and the K = 4 epochs of the final
     phase share one compilation (~2-3 s of XLA on 2 CPU cores for the base scenario).
@@ -75,9 +68,10 @@ class EStep:
             raise ControlError("EStep drops the burn-in draws itself: pass a SamplerConfig with burn_in=0.")
         self.family = family
         self.config = config
-        self.compiled = compile_model(family, terms, y, trials, num_outputs)
+        structure = Structure.of(family, terms, y, trials, num_outputs)
+        self.kernels = model_kernels(structure)
         self.data = model_data(terms, y, trials, weights)
-        self.shapes = self.compiled.shapes
+        self.shapes = structure.shapes
         start = tuple(jnp.zeros((q, p * c), jnp.float32) for q, p, c in self.shapes)
         self.state = sampler.init(start, config)
         self.center = start
@@ -120,16 +114,14 @@ class EStep:
         whitening = None
         if self.config.kind == "whitened":
             precisions = tuple(jnp.asarray(np.linalg.inv(S), jnp.float32) for S in floored)
-            whitening = _whitening(self.center, params, self.data, precisions, self.family, self.compiled.eta)
+            whitening = self.kernels.whitening(self.center, params, self.data, precisions)
         if self.cold and whitening is not None:
             self.state = self.state._replace(position=_approximate_posterior_draw(self.rng, whitening))
         self.cold = False
         chunks, infos = [], []
         self.key, *keys = jax.random.split(self.key, num_draws // chunk + 1)
         for key in keys:
-            self.state, draws, info = sampler.sample_chunk(
-                key, self.state, self.compiled.logdensity, self.config, whitening, (params, self.data)
-            )
+            self.state, draws, info = self.kernels.sample(key, self.state, self.config, whitening, params, self.data)
             chunks.append(draws)
             infos.append(info)
         kept, self.center, info = _join_chunks(tuple(chunks), tuple(infos), burn_in)

@@ -26,12 +26,11 @@ same static shape (static shapes let PyTensor fold the ``arange`` calls JAX
 needs constant), and jaxify the graph: F, the Cholesky factors, the dispersion
 and the data arrays are all arguments, so one compilation serves every epoch.
 
-The compiled model depends on the data only through its shapes and dtypes, so one process keeps
-the last :data:`COMPILED_MODELS` of them (by family, rows, outputs and per term levels and
-coefficients): a second fit of the same structure, a bootstrap refit or a ``refit_effects()`` of
-the same rows reuses the model and, with it, every jitted function that takes its log density
-(no tracing, no XLA compilation; a cold start compiles once, or loads the result from JAX's
-persistent cache).
+The compiled model depends on the data only through its shapes and dtypes
+(:class:`~gmenn_formula.estep.inputs.Structure`), so one process keeps the last
+:data:`COMPILED_MODELS` of them. The E-step itself calls the functions traced from it through
+:mod:`~gmenn_formula.estep.kernels`, which exports and stores them: a process that finds them
+in the store never builds the model (nor imports PyMC).
 
 Everything runs in float32 (see :func:`~gmenn_formula.estep.runtime.configure_jax`).
 
@@ -43,10 +42,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pymc as pm
 import pytensor
@@ -55,33 +53,13 @@ from pymc.sampling.jax import get_jaxified_graph
 from pytensor.graph.replace import graph_replace
 
 from gmenn_formula.estep.arrays import TermArrays
+from gmenn_formula.estep.inputs import ModelData, ModelParams, Structure
 from gmenn_formula.estep.runtime import configure_jax
 from gmenn_formula.families import Family
 
 
 COMPILED_MODELS = 8
 """Compiled models a process keeps (the most recently used)."""
-
-
-class ModelData(NamedTuple):
-    """Data arrays of the E-step (JAX): ``y`` (n,), ``trials`` (n,), row ``weights`` (n,), per term codes and Z."""
-
-    y: jax.Array
-    trials: jax.Array
-    weights: jax.Array
-    codes: tuple[jax.Array, ...]
-    Z: tuple[jax.Array, ...]
-
-
-class ModelParams(NamedTuple):
-    """What changes between epochs: ``F`` (n, c) fixed-part predictor, per term the
-    inverses ``chol_inverses[l]`` (c, p_l, p_l) of the lower Cholesky factors of the prior
-    covariances, and the gaussian residual variance ``dispersion`` (scalar; ignored by
-    other families)."""
-
-    F: jax.Array
-    chol_inverses: tuple[jax.Array, ...]
-    dispersion: jax.Array
 
 
 @dataclass(frozen=True)
@@ -140,17 +118,16 @@ def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, tr
 def compile_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, num_outputs: int) -> CompiledModel:
     """The jaxified log density and linear predictor of the model of these shapes and dtypes
     (built and jaxified on the first call, then taken from the process's cache)."""
-    structure = tuple((t.num_levels, t.num_coefs, t.codes.dtype.str, t.Z.dtype.str) for t in terms)
-    return _compile(family, len(y), np.asarray(y).dtype.str, np.asarray(trials).dtype.str, num_outputs, structure)
+    return compile_structure(Structure.of(family, terms, y, trials, num_outputs))
 
 
 @lru_cache(maxsize=COMPILED_MODELS)
-def _compile(family: Family, n: int, y_dtype: str, trials_dtype: str, num_outputs: int, structure: tuple) -> CompiledModel:
-    """Build the PyMC model on placeholder data of these shapes and jaxify it; ``structure`` per
-    term (levels, coefficients, codes' dtype, Z's dtype)."""
+def compile_structure(structure: Structure) -> CompiledModel:
+    """Build the PyMC model of ``structure`` on placeholder data and jaxify it."""
     configure_jax()
-    terms = tuple(TermArrays(np.zeros(n, codes), np.zeros((n, p), Z), q) for q, p, codes, Z in structure)
-    model, shared = build_model(family, terms, np.zeros(n, y_dtype), np.ones(n, trials_dtype), num_outputs)
+    n, num_outputs = structure.n, structure.num_outputs
+    terms = tuple(TermArrays(np.zeros(n, codes), np.zeros((n, p), Z), q) for q, p, codes, Z in structure.terms)
+    model, shared = build_model(structure.family, terms, np.zeros(n, structure.y_dtype), np.ones(n, structure.trials_dtype), num_outputs)
     inputs = {name: pt.tensor(name=name, dtype=var.dtype, shape=var.get_value().shape) for name, var in shared.items()}
     (eta_values,) = model.replace_rvs_by_values([model["eta"]])
     logp, eta = graph_replace([model.logp(), eta_values], {shared[name]: inputs[name] for name in shared}, strict=False)
@@ -160,7 +137,7 @@ def _compile(family: Family, n: int, y_dtype: str, trials_dtype: str, num_output
     values = [model[f"B_{index}"] for index in range(len(terms))]
     value_vars = [model.rvs_to_values[v] for v in values]
     jax_fn = get_jaxified_graph(inputs=[*value_vars, *(inputs[name] for name in order)], outputs=[logp, eta])
-    shapes = tuple((t.num_levels, t.num_coefs, num_outputs) for t in terms)
+    shapes = structure.shapes
 
     def call(position, params: ModelParams, data: ModelData):
         blocks = [_to_pymc_layout(b, s) for b, s in zip(position, shapes)]
@@ -174,15 +151,4 @@ def _compile(family: Family, n: int, y_dtype: str, trials_dtype: str, num_output
         eta=lambda position, params, data: call(position, params, data)[1],
         model=model,
         shapes=shapes,
-    )
-
-
-def model_data(terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, weights: np.ndarray) -> ModelData:
-    """Device arrays of the data (float32 / int32); ``weights`` (n,) row weights of the likelihood."""
-    return ModelData(
-        y=jnp.asarray(y),
-        trials=jnp.asarray(trials, dtype=jnp.float32),
-        weights=jnp.asarray(weights, dtype=jnp.float32),
-        codes=tuple(jnp.asarray(t.codes, dtype=jnp.int32) for t in terms),
-        Z=tuple(jnp.asarray(t.Z, dtype=jnp.float32) for t in terms),
     )

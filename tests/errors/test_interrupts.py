@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -196,3 +197,21 @@ def _sigint_handler(handler):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_lazy_import_of_the_package_waits_for_it(tmp_path, monkeypatch):
+    """torch's import runs C++ code that calls back into Python: a KeyboardInterrupt raised in such a
+    callback aborted the process (``terminate called after throwing ... KeyboardInterrupt``, exit -6).
+    ``gf.gmenn`` and the other lazy names import with Ctrl-C deferred, raising it once the import is done."""
+    (tmp_path / "interrupted_import_probe.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.2)\ndone = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(gf._LAZY, "done", "interrupted_import_probe")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's SIG_IGN would hide it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gf.done
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert getattr(sys.modules.get("interrupted_import_probe"), "done", False)  # the import ran to its end

@@ -14,10 +14,10 @@ from jax.scipy.stats import multivariate_normal, norm
 from targets import linear_predictor
 
 from gmenn_formula.estep.sampler import SamplerConfig, init, sample_chunk
-from gmenn_formula.estep import driver
-from gmenn_formula.estep.driver import EStep
 from gmenn_formula.estep.arrays import TermArrays
-from gmenn_formula.estep.model import ModelParams, compile_model, model_data
+from gmenn_formula.estep.inputs import ModelParams, model_data
+from gmenn_formula.estep.kernels import whitening_at
+from gmenn_formula.estep.model import compile_model
 from gmenn_formula.families import get_family
 
 N, C = 60, 3
@@ -115,14 +115,16 @@ def test_compiled_e_step_holds_no_custom_call(name):
     """LAPACK custom calls split batches over XLA's intra-op pool and, two at a time, deadlocked it
     (docs/engine.md): the whitening and the sampler must compile to plain XLA."""
     family, terms, y, trials, weights, c, params = problem(name)
-    estep = EStep(family, terms, y, trials, weights, c, SamplerConfig(num_draws=2, burn_in=0, max_tree_depth=3), seed=0)
-    precisions = tuple(jnp.asarray(np.eye(p)[None].repeat(c, 0), jnp.float32) for q, p, _ in estep.shapes)
-    arguments = (estep.center, params, estep.data, precisions, estep.family, estep.compiled.eta)
-    whitening_text = driver._whitening.lower(*arguments).compile().as_text()
-    whitening = driver._whitening(*arguments)
-    state = init(estep.center, estep.config)
+    compiled, data = compile_model(family, terms, y, trials, c), model_data(terms, y, trials, weights)
+    config = SamplerConfig(num_draws=2, burn_in=0, max_tree_depth=3)
+    center = tuple(jnp.zeros((q, p * c), jnp.float32) for q, p, c in compiled.shapes)
+    precisions = tuple(jnp.asarray(np.eye(p)[None].repeat(c, 0), jnp.float32) for q, p, _ in compiled.shapes)
+    arguments = (center, params, data, precisions, family, compiled.eta)
+    whitening_text = whitening_at.lower(*arguments).compile().as_text()
+    whitening = whitening_at(*arguments)
+    state = init(center, config)
     sampler_text = sample_chunk.lower(
-        jax.random.PRNGKey(0), state, estep.compiled.logdensity, estep.config, whitening, (params, estep.data)
+        jax.random.PRNGKey(0), state, compiled.logdensity, config, whitening, (params, data)
     ).compile().as_text()
     for text in (whitening_text, sampler_text):
         assert re.findall(r'custom_call_target="([^"]+)"', text) == []

@@ -62,9 +62,9 @@ def test_strict_alternation_draws_on_the_main_thread(data, draw_calls):
 def test_one_e_step_compilation_serves_training_and_final_phase(data, monkeypatch):
     from gmenn_formula.estep import driver
 
-    compiled = []
-    original = driver.compile_model
-    monkeypatch.setattr(driver, "compile_model", lambda *args: compiled.append(args) or original(*args))
+    structures = []
+    original = driver.model_kernels
+    monkeypatch.setattr(driver, "model_kernels", lambda structure: structures.append(structure) or original(structure))
     fit = gf.gmenn("y ~ nn(x0 + x1 + x2) + (1 | g0)", data, **TINY)
-    assert len(compiled) == 1 and len(compiled[0][2]) == len(data)  # all rows
+    assert len(structures) == 1 and structures[0].n == len(data)  # all rows
     assert set(fit.history["phase"]) >= {"train", "em", "average"}
