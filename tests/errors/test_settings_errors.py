@@ -73,6 +73,8 @@ def no_fitting(monkeypatch):
         ({"overlap_estep": "no"}, ["overlap_estep='no'", "True or False"]),
         ({"closed_form": "yes"}, ["closed_form='yes'", "True or False"]),
         ({"closed_form": 1}, ["closed_form=1", "True or False"]),
+        ({"laplace_start": "no"}, ["laplace_start='no'", "True or False"]),
+        ({"laplace_start": None}, ["laplace_start=None", "True or False"]),
         ({"sampler": "nuts"}, ["sampler='nuts'", "'auto' or 'exact' or 'whitened' or 'paper'"]),
         ({"max_tree_depth": 13}, ["max_tree_depth=13", "an integer >= 1 and <= 12"]),
         ({"tolerance": 0}, ["tolerance=0", "a number > 0"]),
