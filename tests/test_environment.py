@@ -60,3 +60,19 @@ def test_three_factors_of_20000_levels_do_not_deadlock_the_e_step():
     fit = gf.gmenn(sim.formula, sim.data, family="categorical", epochs=2, final_epochs=1, average_epochs=1,
                    max_average_epochs=1, verbose=0)
     assert fit.history["phase"].tolist() == ["train", "train", "em", "average"]
+
+
+def test_a_cache_written_by_an_earlier_version_takes_new_entries_without_warnings(tmp_path):
+    """Entries of JAX's persistent cache written without the time-stamp files that its size-limited
+    (LRU) mode keeps beside each one made every later write fail with a UserWarning."""
+    fit = (
+        "import sys, warnings, numpy as np, pandas as pd, gmenn_formula as gf; warnings.simplefilter('ignore', gf.errors.ConvergenceWarning); "
+        "n = int(sys.argv[1]); rng = np.random.default_rng(0); g = rng.integers(0, 8, n); "
+        "gf.gmenn('y ~ 1 + (1 | g)', pd.DataFrame({'y': rng.poisson(2.0, n), 'g': g}), family='poisson', verbose=0, epochs=3, max_average_epochs=20)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", fit, "200"], env=env, capture_output=True, text=True, check=True)
+    for stamp in (tmp_path / "gmenn_formula" / "jax").glob("*-atime"):
+        stamp.unlink()
+    again = subprocess.run([sys.executable, "-c", fit, "300"], env=env, capture_output=True, text=True, check=True)
+    assert "Error writing persistent compilation cache" not in again.stderr

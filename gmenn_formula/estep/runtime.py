@@ -17,9 +17,10 @@ does: :mod:`~gmenn_formula.estep.sampler` imports it where it traces). It sets:
 - ``jax_enable_x64`` off: importing PyTensor's JAX backend switches it on when PyTensor's
   floatX is float64, and the E-step runs in float32;
 - JAX's persistent compilation cache in :func:`compilation_cache_dir` (unless one is
-  configured), for every compilation, at most :data:`CACHE_MAX_BYTES`: a process that fits
-  a model of shapes seen before loads the compiled sampler and the small functions around it
-  instead of compiling them again;
+  configured), for every compilation and without a size limit (JAX's LRU eviction needs a
+  time-stamp file beside every entry: in a cache written without them each write failed with
+  a warning): a process that fits a model of shapes seen before loads the compiled sampler and
+  the small functions around it instead of compiling them again;
 - PyTensor's "Explicitly requested dtype" warnings off: its graphs cast to float64/int64
   in places, which JAX truncates to float32/int32 as intended.
 
@@ -48,8 +49,6 @@ CACHE_MIN_COMPILE_SECONDS = 0.0
 skips most samplers; at 0.2 s the E-step's small functions and eager operations compiled anew in
 every process: a cold cbpp fit 4.7-5.5 s, its epochs 1.5-1.7 s; caching all of them, 3.6-3.8 s
 and 0.8 s, the cache ~30 MB after the test suite's structures)."""
-CACHE_MAX_BYTES = 2**30
-"""Size of the persistent cache beyond which JAX evicts its least recently used entries."""
 
 
 def compilation_cache_dir() -> str:
@@ -79,5 +78,4 @@ def configure_jax() -> None:
     if jax.config.jax_compilation_cache_dir is None:
         jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
         jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
-        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)", category=UserWarning)
