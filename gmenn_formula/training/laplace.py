@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gmenn_formula.mstep.networks import FixedPart
-from gmenn_formula.mstep.step import newton_fixed_effects, row_derivatives
+from gmenn_formula.mstep.step import Rows, newton_fixed_effects, random_part, row_derivatives
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.variance import predict_fixed
 
@@ -39,61 +39,67 @@ def laplace_start(problem: EMProblem, model: FixedPart, covariances: list[np.nda
     """Laplace-approximate EM from ``covariances`` (per term (c, p, p)), the model's beta updated in
     place; returns the covariances it ends at."""
     rows, family = problem.rows, problem.family
+    y, trials = rows.y.double(), rows.trials.double()
+    intercepts = _intercept_columns(rows)
     effects = [torch.zeros(shape, dtype=torch.float64, device=problem.device) for shape in problem.shapes]
     current = [np.array(S, dtype=np.float64) for S in covariances]
     for _ in range(MAX_ITERATIONS):
         eta_fixed = predict_fixed(model, rows).double()
         inverses = []
         for index in range(len(effects)):
-            effects[index], inverse = _scoring_step(problem, eta_fixed, effects, index, current[index])
+            eta = eta_fixed + random_part(tuple(B.float()[None] for B in effects), rows)[0].double()
+            gradient, hessian = row_derivatives(family, eta, y, trials, 1.0)  # of the NLL
+            effects[index], inverse = _scoring_step(rows.codes[index], rows.Z[index].double(), gradient, hessian, effects[index], current[index])
             inverses.append(inverse)
-        _centre_intercepts(problem, model, effects)
+        _centre_intercepts(model, effects, intercepts)
         updated = [_laplace_covariance(B, inverse, full) for B, inverse, full in zip(effects, inverses, problem.correlated)]
         newton_fixed_effects(model, family, rows, tuple(B.float()[None] for B in effects), 1.0, steps=1)
-        change = max((np.abs(np.diagonal(new, axis1=1, axis2=2) - np.diagonal(old, axis1=1, axis2=2))
-                      / np.maximum(np.diagonal(old, axis1=1, axis2=2), 1e-8)).max() for new, old in zip(updated, current))
+        variances = [np.diagonal(S, axis1=1, axis2=2) for S in current]
+        change = max((np.abs(np.diagonal(S, axis1=1, axis2=2) - old) / np.maximum(old, 1e-8)).max() for S, old in zip(updated, variances))
         current = updated
         if change < TOLERANCE:
             break
     return current
 
 
-def _centre_intercepts(problem: EMProblem, model: FixedPart, effects: list[torch.Tensor]) -> None:
+def _intercept_columns(rows: Rows) -> tuple[int | None, tuple[tuple[int, ...], ...]]:
+    """The fixed part's column of ones in X (None without one) and per term its columns of ones in Z."""
+    ones = [k for k in range(rows.X_fixed.shape[1]) if bool(torch.all(rows.X_fixed[:, k] == 1))]
+    return (ones[0] if ones else None), tuple(tuple(j for j in range(Z.shape[1]) if bool(torch.all(Z[:, j] == 1))) for Z in rows.Z)
+
+
+def _centre_intercepts(model: FixedPart, effects: list[torch.Tensor], intercepts: tuple[int | None, tuple[tuple[int, ...], ...]]) -> None:
     """Move each term's mean random intercept (per class) into the fixed intercept, where both
-    exist (a column of ones in X and in the term's Z): eta is unchanged, and the slow direction of
-    backfitting (the intercepts of crossed terms and beta's trading a constant; 3% of it removed
+    exist (``intercepts``, see :func:`_intercept_columns`): eta is unchanged, and the slow direction
+    of backfitting (the intercepts of crossed terms and beta's trading a constant; 3% of it removed
     per iteration on a poisson model with two crossed factors) is gone."""
-    ones = [k for k in range(problem.rows.X_fixed.shape[1]) if bool(torch.all(problem.rows.X_fixed[:, k] == 1))]
-    if not ones:
+    fixed, per_term = intercepts
+    if fixed is None:
         return
-    for B, Z in zip(effects, problem.rows.Z):
-        for j in range(Z.shape[1]):
-            if bool(torch.all(Z[:, j] == 1)):
-                shift = B[:, j, :].mean(0)  # (c,)
-                B[:, j, :] -= shift
-                with torch.no_grad():
-                    model.beta[ones[0]] += shift.to(model.beta.dtype)
+    for B, columns in zip(effects, per_term):
+        for j in columns:
+            shift = B[:, j, :].mean(0)  # (c,)
+            B[:, j, :] -= shift
+            with torch.no_grad():
+                model.beta[fixed] += shift.to(model.beta.dtype)
 
 
-def _scoring_step(problem: EMProblem, eta_fixed: torch.Tensor, effects: list[torch.Tensor], index: int, covariance: np.ndarray):
-    """Term ``index``'s effects (q, p, c) after one Fisher scoring step given the others, and the
-    inverse (q, d, d) of their per-level precision (layout p * c + class)."""
-    rows, family = problem.rows, problem.family
-    q, p, c = effects[index].shape
+def _scoring_step(codes: torch.Tensor, Z: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor, B: torch.Tensor, covariance: np.ndarray):
+    """A term's effects B (q, p, c) after one Fisher scoring step, given the rows' NLL ``gradient``
+    (n, c) and ``hessian`` (n, c, c) in eta, its ``codes`` (n,), ``Z`` (n, p) and prior
+    ``covariance`` (c, p, p); and the inverse (q, d, d) of their per-level precision (layout p * c + class)."""
+    q, p, c = B.shape
     d = p * c
-    eta = eta_fixed + sum(torch.einsum("ip,ipc->ic", Z.double(), B[codes]) for B, codes, Z in zip(effects, rows.codes, rows.Z))
-    gradient, hessian = row_derivatives(family, eta, rows.y.double(), rows.trials.double(), 1.0)  # of the NLL
-    codes, Z = rows.codes[index], rows.Z[index].double()
-    score = torch.zeros((q, p, c), dtype=eta.dtype, device=eta.device).index_add_(0, codes, -Z[:, :, None] * gradient[:, None, :])
+    score = torch.zeros((q, p, c), dtype=B.dtype, device=B.device).index_add_(0, codes, -Z[:, :, None] * gradient[:, None, :])
     outer = torch.einsum("ia,ib,ixy->iaxby", Z, Z, hessian.double()).reshape(len(codes), d, d)
-    precision = torch.zeros((q, d, d), dtype=eta.dtype, device=eta.device).index_add_(0, codes, outer)
-    prior = torch.as_tensor(np.linalg.inv(covariance + RIDGE * np.eye(p)), dtype=eta.dtype, device=eta.device)  # (c, p, p)
-    block = torch.einsum("xab,xy->axby", prior, torch.eye(c, dtype=eta.dtype, device=eta.device)).reshape(d, d)
+    precision = torch.zeros((q, d, d), dtype=B.dtype, device=B.device).index_add_(0, codes, outer)
+    prior = torch.as_tensor(np.linalg.inv(covariance + RIDGE * np.eye(p)), dtype=B.dtype, device=B.device)  # (c, p, p)
+    block = torch.einsum("xab,xy->axby", prior, torch.eye(c, dtype=B.dtype, device=B.device)).reshape(d, d)
     precision = precision + block
-    B = effects[index].reshape(q, d)
-    score = score.reshape(q, d) - B @ block
+    flat = B.reshape(q, d)
+    score = score.reshape(q, d) - flat @ block
     inverse = torch.linalg.inv(precision)
-    return (B + torch.einsum("qxy,qy->qx", inverse, score)).reshape(q, p, c), inverse
+    return (flat + torch.einsum("qxy,qy->qx", inverse, score)).reshape(q, p, c), inverse
 
 
 def _laplace_covariance(B: torch.Tensor, inverse: torch.Tensor, correlated: bool) -> np.ndarray:
