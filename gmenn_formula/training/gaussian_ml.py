@@ -1,6 +1,6 @@
 """Maximum likelihood of a gaussian model's variance components in closed form, as lme4's ``lmer``
 with ``REML = FALSE``: the profiled deviance of the relative covariance factors, minimised by
-L-BFGS-B (method in docs/engine.md, "Gaussian models").
+COBYQA (method in docs/engine.md, "Gaussian models").
 
 For relative factors theta (per term l a lower-triangular (p_l, p_l) L_l, Sigma_l = s2 L_l L_l'),
 M = Z Lambda (n, D) and A = I + M'M, the penalized least squares
@@ -8,19 +8,22 @@ M = Z Lambda (n, D) and A = I + M'M, the penalized least squares
     min_{u, beta} |y - X beta - M u|^2 + |u|^2 = r2
 
 gives the ML estimates s2 = r2 / n and beta, and the deviance
--2 log L = log|A| + n (1 + log(2 pi r2 / n)). One sparse LU of A per evaluation.
+-2 log L = log|A| + n (1 + log(2 pi r2 / n)). One blocked factorisation of A per evaluation
+(``design/sparse.py``: :class:`PenalizedSystem`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize
+from scipy.sparse.linalg import LinearOperator
 
-from gmenn_formula.design.sparse import PenalizedSystem, block_diagonal, factored_design
+from gmenn_formula.design.sparse import CrossedSchur, PenalizedSystem, block_diagonal, factor_product, factored_design, identity_plus_scaled
 from gmenn_formula.estep.arrays import TermArrays
 
 MAX_EVALUATIONS = 2_000
@@ -64,7 +67,13 @@ class ProfiledDeviance:
 
     ``terms`` the random terms, ``y`` (n,) the response minus everything held fixed (offsets, a
     frozen network), ``X`` (n, k) the linear fixed effects to estimate (k may be 0), ``correlated``
-    per term whether its factor is full lower-triangular (else diagonal)."""
+    per term whether its factor is full lower-triangular (else diagonal).
+
+    Terms are ordered largest first; the first is eliminated per level. Where the other terms' Schur
+    complement is dense (at most DENSE_SCHUR columns), its design-fixed part is precomputed once
+    (``schur``, a :class:`CrossedSchur`: one sparse mat-vec per evaluation); where that product
+    would exceed CrossedSchur.MAX_BYTES, ``schur`` is None and each evaluation forms
+    A12' A11^-1 A12 as a sparse product from the dense ``gram22``, as it does for the sparse LU."""
 
     def __init__(self, terms: tuple[TermArrays, ...], y: np.ndarray, X: np.ndarray, correlated: tuple[bool, ...]) -> None:
         self.terms, self.y, self.X = terms, np.asarray(y, np.float64), np.asarray(X, np.float64)
@@ -85,11 +94,12 @@ class ProfiledDeviance:
         np.add.at(self.gram11, first.codes, first.Z[:, :, None].astype(np.float64) * first.Z[:, None, :])
         self.gram12 = (Z1.T @ Z2).tocsr()
         gram22 = (Z2.T @ Z2).tocsr()
-        self.gram22 = gram22.toarray() if gram22.shape[0] <= PenalizedSystem.DENSE_SCHUR else gram22
-        self.Zy, self.ZX = Z.T @ self.y, np.asarray(Z.T @ self.X)
+        self.Zb = np.column_stack([Z.T @ self.y, np.asarray(Z.T @ self.X)])
         self.XX, self.Xy, self.yy = self.X.T @ self.X, self.X.T @ self.y, float(self.y @ self.y)
         self.levels = [t.num_levels for t in ordered]
-        self.scalar_rest = all(t.num_coefs == 1 for t in ordered[1:])
+        dense = len(ordered) > 1 and gram22.shape[0] <= PenalizedSystem.DENSE_SCHUR
+        self.schur = CrossedSchur.of(self.gram12, gram22, p, self.levels[1:], [t.num_coefs for t in ordered[1:]]) if dense else None
+        self.gram22 = gram22.toarray() if dense and self.schur is None else gram22
         self.evaluations = 0
 
     def start(self) -> np.ndarray:
@@ -118,14 +128,13 @@ class ProfiledDeviance:
 
     def conditional_means(self, theta: np.ndarray) -> list[np.ndarray]:
         """E[b | y] per term (q, p, 1), in the order of ``terms``, at ``theta`` (and its beta)."""
-        u = self.solution(theta)[3]
         factors = self.factors(theta)
+        b = factor_product(self.solution(theta)[3], [factors[l] for l in self.order], self.levels)
         means, offset = [None] * len(self.terms), 0
         for l in self.order:
             t = self.terms[l]
-            size = t.num_levels * t.num_coefs
-            means[l] = (u[offset : offset + size].reshape(t.num_levels, t.num_coefs) @ factors[l].T)[:, :, None]
-            offset += size
+            means[l] = b[offset : offset + t.num_levels * t.num_coefs].reshape(t.num_levels, t.num_coefs, 1)
+            offset += t.num_levels * t.num_coefs
         return means
 
     def solution(self, theta: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -133,19 +142,12 @@ class ProfiledDeviance:
         self.evaluations += 1
         unordered = self.factors(theta)
         factors = [unordered[l] for l in self.order]
-        L1, Lambda1 = factors[0], block_diagonal(factors[:1], self.levels[:1])
+        L1 = factors[0]
         A11 = np.eye(L1.shape[0]) + L1.T @ self.gram11 @ L1
-        if len(factors) == 1:
-            Lambda = Lambda1
-            A12, A22 = sparse.csr_matrix((Lambda1.shape[0], 0)), np.zeros((0, 0))
-        else:
-            Lambda2 = block_diagonal(factors[1:], self.levels[1:])
-            Lambda = sparse.block_diag([Lambda1, Lambda2], format="csr")
-            A12 = Lambda1.T @ self.gram12 @ Lambda2
-            A22 = self._scaled_gram22(Lambda2)
-        system = PenalizedSystem(A11, A12, A22)
-        My, MX = Lambda.T @ self.Zy, np.asarray(Lambda.T @ self.ZX)
-        cy, CX = system.solve(My), system.solve(MX).reshape(MX.shape)
+        system = PenalizedSystem(A11, *self._off_blocks(factors))
+        Mb = factor_product(self.Zb, factors, self.levels, transpose=True)
+        solved = system.solve(Mb)
+        My, MX, cy, CX = Mb[:, 0], Mb[:, 1:], solved[:, 0], solved[:, 1:]
         if self.X.shape[1]:
             beta = np.linalg.solve(self.XX - MX.T @ CX, self.Xy - MX.T @ cy)
         else:
@@ -155,18 +157,33 @@ class ProfiledDeviance:
         deviance = system.logdet + self.n * (1.0 + math.log(2.0 * math.pi * r2 / self.n))
         return deviance, r2, beta, u
 
-    def _scaled_gram22(self, Lambda2: sparse.csr_matrix) -> np.ndarray | sparse.spmatrix:
-        """I + Lambda2' G22 Lambda2 (D2, D2), dense where G22 is (elementwise when every term after
-        the first has one coefficient, so that Lambda2 is diagonal)."""
-        if not isinstance(self.gram22, np.ndarray):
-            return sparse.identity(Lambda2.shape[0]) + Lambda2.T @ self.gram22 @ Lambda2
-        if self.scalar_rest:
-            d = Lambda2.diagonal()
-            A22 = d[:, None] * self.gram22 * d[None, :]
-        else:
-            A22 = (Lambda2.T @ (Lambda2.T @ self.gram22).T).T
-        A22[np.diag_indices_from(A22)] += 1.0
-        return A22
+    def _off_blocks(
+        self, factors: list[np.ndarray]
+    ) -> tuple[sparse.spmatrix | LinearOperator, np.ndarray | sparse.spmatrix | Callable[[np.ndarray], np.ndarray]]:
+        """A12 = Lambda1' G12 Lambda2 (q p, D2) and A22 (or the dense Schur complement's function)
+        for :class:`PenalizedSystem`; with :class:`CrossedSchur`, A12 is an operator (G12 stays as built)."""
+        L1, rest = factors[0], factors[1:]
+        if not rest:
+            return sparse.csr_matrix((self.gram12.shape[0], 0)), np.zeros((0, 0))
+        if self.schur is not None:
+            return self._cross_operator(L1, rest), lambda inverse11: self.schur(inverse11, L1, rest)
+        Lambda1, Lambda2 = block_diagonal(factors[:1], self.levels[:1]), block_diagonal(rest, self.levels[1:])
+        A12 = Lambda1.T @ self.gram12 @ Lambda2
+        if isinstance(self.gram22, np.ndarray):
+            return A12, identity_plus_scaled(self.gram22.copy(), rest, self.levels[1:])
+        return A12, sparse.identity(Lambda2.shape[0]) + Lambda2.T @ self.gram22 @ Lambda2
+
+    def _cross_operator(self, L1: np.ndarray, rest: list[np.ndarray]) -> LinearOperator:
+        """A12 = Lambda1' G12 Lambda2 (q p, D2) as products with vectors or (., k) matrices."""
+        first, others = ([L1], self.levels[:1]), (rest, self.levels[1:])
+
+        def product(x: np.ndarray) -> np.ndarray:
+            return factor_product(self.gram12 @ factor_product(x, *others), *first, transpose=True)
+
+        def adjoint(x: np.ndarray) -> np.ndarray:
+            return factor_product(self.gram12.T @ factor_product(x, *first), *others, transpose=True)
+
+        return LinearOperator(self.gram12.shape, matvec=product, rmatvec=adjoint, matmat=product, rmatmat=adjoint, dtype=np.float64)
 
     def __call__(self, theta: np.ndarray) -> float:
         return self.solve(theta)[0]

@@ -8,7 +8,7 @@ import pytest
 from scipy import sparse
 from scipy.stats import multivariate_normal
 
-from gmenn_formula.design.sparse import PenalizedSystem, factored_design
+from gmenn_formula.design.sparse import CrossedSchur, PenalizedSystem, block_diagonal, factor_product, factored_design
 from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.training.gaussian_ml import MAX_OFF_FACTOR_EFFECTS, ProfiledDeviance, direct_fit_applies, fit_gaussian_ml
 
@@ -38,6 +38,67 @@ def test_blocked_factorisation_matches_dense_algebra(monkeypatch, dense_limit):
     assert system.logdet == pytest.approx(np.linalg.slogdet(dense)[1], rel=1e-10)
     b = rng.normal(size=(M.shape[1], 3))
     np.testing.assert_allclose(system.solve(b), np.linalg.solve(dense, b), rtol=1e-8, atol=1e-10)
+
+
+def _crossed_design(rng, kind, coefs):
+    """Three terms, the first the largest: the others crossed with it, nested in it (each first-term
+    level inside one level of each), or crossed with slopes x = +-1 in pairs of rows, so that a
+    slope's G12 entries vanish (dropped from the sparse product) while its G22 entries do not."""
+    if kind == "crossed":
+        return _terms(rng, 400, [60, 9, 4], coefs)
+    codes = np.repeat(rng.integers(0, 60, 200), 2).astype(np.int32)
+    if kind == "nested":
+        others = [codes // 7, codes // 20]
+    else:
+        others = [np.repeat(rng.integers(0, q, 200), 2).astype(np.int32) for q in (9, 4)]
+    x = np.tile([1.0, -1.0], 200)
+    Z = [np.column_stack([np.ones(400), x][:p]).astype(np.float32) for p in coefs]
+    return [TermArrays(c.astype(np.int32), z, int(c.max()) + 1) for c, z in zip([codes, *others], Z)]
+
+
+def _factors(rng, coefs):
+    return [np.tril(rng.normal(size=(p, p))) + np.eye(p) for p in coefs]
+
+
+DESIGNS = [(kind, coefs) for kind in ("crossed", "nested", "vanishing") for coefs in ((1, 1, 1), (2, 1, 1), (2, 2, 1), (1, 2, 2))]
+
+
+@pytest.mark.parametrize("kind,coefs", DESIGNS)
+def test_crossed_schur_is_the_dense_schur_complement(kind, coefs):
+    rng = np.random.default_rng(3)
+    terms = _crossed_design(rng, kind, coefs)
+    factors = _factors(rng, coefs)
+    levels = [t.num_levels for t in terms]
+    G = sparse.csr_matrix(_dense_Z(terms)).T @ sparse.csr_matrix(_dense_Z(terms))
+    d1, p = levels[0] * coefs[0], coefs[0]
+    schur = CrossedSchur.of(G[:d1, d1:], G[d1:, d1:], p, levels[1:], coefs[1:])
+    Lambda = block_diagonal(factors, levels).toarray()
+    A = np.eye(G.shape[0]) + Lambda.T @ G.toarray() @ Lambda
+    blocks = np.array([A[i : i + p, i : i + p] for i in range(0, d1, p)])
+    expected = A[d1:, d1:] - A[d1:, :d1] @ np.linalg.solve(A[:d1, :d1], A[:d1, d1:])
+    found = schur(np.linalg.inv(blocks), factors[0], factors[1:])
+    np.testing.assert_allclose(np.tril(found), np.tril(expected), rtol=1e-10, atol=1e-10)
+    v = rng.normal(size=(G.shape[0], 3))
+    np.testing.assert_allclose(factor_product(v, factors, levels, transpose=True), Lambda.T @ v, rtol=1e-12)
+    np.testing.assert_allclose(factor_product(v[:, 0], factors, levels), Lambda @ v[:, 0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind,coefs", DESIGNS)
+def test_profiled_deviance_is_the_same_without_the_precomputed_product(monkeypatch, kind, coefs):
+    rng = np.random.default_rng(4)
+    terms = tuple(_crossed_design(rng, kind, coefs))
+    n = len(terms[0].codes)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = X @ [1.0, -2.0] + rng.normal(size=n)
+    correlated = tuple(p > 1 for p in coefs)
+    theta = np.concatenate([np.tril(L)[np.tril_indices(len(L))] if p > 1 else L[0] for L, p in zip(_factors(rng, coefs), coefs)])
+    theta[[0, -1]] = [0.7, 0.0]  # one relative factor on the boundary
+    deviance = ProfiledDeviance(terms, y, X, correlated)
+    monkeypatch.setattr(CrossedSchur, "MAX_BYTES", 0)
+    sparse_product = ProfiledDeviance(terms, y, X, correlated)
+    assert deviance.schur is not None and sparse_product.schur is None
+    for found, expected in zip(deviance.solution(theta), sparse_product.solution(theta)):
+        np.testing.assert_allclose(found, expected, rtol=1e-9, atol=1e-11)
 
 
 def test_profiled_deviance_is_the_dense_marginal_likelihood():
