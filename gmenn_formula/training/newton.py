@@ -50,8 +50,11 @@ from gmenn_formula.mstep.step import Rows, random_part, row_derivatives
 from gmenn_formula.training.averaging import SAMPLING_SHARE
 from gmenn_formula.training.problem import EMProblem
 
-MAX_AMPLIFICATION = 50.0
-"""Largest (I - J)^-1 gain allowed in a flat direction: J's spectral radius is capped at 1 - 1/50."""
+MAX_AMPLIFICATION = 200.0
+"""Largest (I - J)^-1 gain allowed in a flat direction: J's spectral radius is capped at 1 - 1/200.
+A cap below the true gain shortens the Newton step and its error alike (the step's z is unchanged),
+so a block stops short of the fixed point with an error too small: at 1 - 1/50 a correlated slope
+on 60 groups (exact ML .497, radius ~.98-.99) read .44 with an error of .015 on one seed of three."""
 
 
 @dataclass(frozen=True)

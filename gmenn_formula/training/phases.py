@@ -8,7 +8,9 @@
    stands out of its Monte Carlo error; this converges in flat directions, where EM
    crawls. The block whose step stays within its error, once that error is small, is
    the last: its Newton estimate is reported with that error, and its draws give the
-   reported effects.
+   reported effects. A block that follows a whole (undamped) step pools its estimate
+   with the previous block's when its own step stays within its error: both estimate
+   the same fixed point, so the epochs before the step count toward the precision.
 
 A plain GLMM also gets an exact Newton M-step of its linear fixed effects: every
 epoch while in EM; in a block, from the block's fixed beta in every epoch, their
@@ -59,6 +61,39 @@ class Estimate:
 
     theta: np.ndarray
     se: np.ndarray
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """A finished block: its Newton ``estimate``, the ``epochs`` it took and the ``moments`` of its draws."""
+
+    estimate: Estimate
+    epochs: int
+    moments: EffectMoments
+
+    def pooled(self, later: BlockRecord) -> BlockRecord:
+        """This block's and a ``later`` one's estimates of the same fixed point, weighted by their
+        epochs (independent errors), with both blocks' draws."""
+        n1, n2 = self.epochs, later.epochs
+        theta = (n1 * self.estimate.theta + n2 * later.estimate.theta) / (n1 + n2)
+        se = np.sqrt((n1 * self.estimate.se) ** 2 + (n2 * later.estimate.se) ** 2) / (n1 + n2)
+        return BlockRecord(Estimate(theta, se), n1 + n2, self.moments.merged(later.moments))
+
+
+def damped_step(layout: ParameterLayout, theta: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``theta`` moved toward ``new`` by the largest share (at most all) that changes no variance
+    by more than a factor MAX_VARIANCE_FACTOR (a noisy J can overshoot in a flat direction), and
+    whether that share is all of the step."""
+    share = 1.0
+    floor = 0.01 * max(float(np.max(theta[layout.variance_indices()], initial=0.0)), 1e-12)
+    for i in layout.variance_indices():
+        old, target = max(theta[i], 0.0), new[i]
+        high, low = MAX_VARIANCE_FACTOR * old + floor, old / MAX_VARIANCE_FACTOR
+        if target > high:
+            share = min(share, (high - old) / (target - old))
+        elif target < low:
+            share = min(share, (old - low) / (old - target))
+    return layout.project(theta + share * (new - theta)), share == 1.0
 
 
 class VariancePhases:
@@ -190,9 +225,9 @@ class VariancePhases:
         """Blocks of epochs at fixed parameters, each ending in a Newton step once the step stands
         out of its Monte Carlo error; the block whose step does not, and whose error is within what
         is allowed, is the last: its estimate is reported and its draws give the effects."""
-        convergence = self.config.convergence
+        previous: BlockRecord | None = None
         for _ in range(MAX_BLOCKS):
-            estimate, final = self._block()
+            estimate, final, previous = self._block(previous)
             self._move_to(estimate)
             if final:
                 break
@@ -208,11 +243,13 @@ class VariancePhases:
         if beta is not None:
             self.set_beta(beta)
 
-    def _block(self) -> tuple[Estimate, bool]:
-        """Epochs at the current parameters, looked at every ``window`` epochs (from
-        ``average_epochs`` on): a Newton step beyond its Monte Carlo error ends the block with that
-        step (damped); a step within it ends the fit once the error is small enough (or after
-        ``max_average_epochs``). Returns the estimate and whether it is the final one."""
+    def _block(self, previous: BlockRecord | None) -> tuple[Estimate, bool, BlockRecord | None]:
+        """Epochs at the current parameters, looked at every ``window`` epochs: a Newton step
+        beyond its Monte Carlo error ends the block with that step (damped); a step within it ends
+        the fit once the error is small enough and ``average_epochs`` are done (or after
+        ``max_average_epochs``), pooled with ``previous`` (the block before, when its step was
+        taken whole). Returns the estimate, whether it is the final one, and this block's record
+        when the next block may pool with it (its step taken whole), else None."""
         layout, rows, convergence = self.layout, self.problem.rows, self.config.convergence
         beta = self.model.beta.detach().cpu().numpy().copy() if self.fit_beta else None
         theta = layout.flatten(self.covariances, self.dispersion, beta)
@@ -236,16 +273,21 @@ class VariancePhases:
                 continue
             estimate, significant = self._newton(theta, targets, information)
             if significant:
-                return Estimate(self._damped(theta, estimate.theta), estimate.se), False
-            if epoch >= convergence.average_epochs and self._precise(estimate):
-                return estimate, True
+                moved, whole = damped_step(layout, theta, estimate.theta)
+                return Estimate(moved, estimate.se), False, BlockRecord(estimate, epoch, self.moments) if whole else None
+            record = BlockRecord(estimate, epoch, self.moments)
+            if previous is not None:
+                record = previous.pooled(record)
+            if record.epochs >= convergence.average_epochs and self._precise(record.estimate):
+                self.moments = record.moments
+                return record.estimate, True, None
         estimate, _ = self._newton(theta, targets, information)
         self.messages.append(
             f"Monte Carlo error of the variance components is above {convergence.mcse_target:.0%} (or a tenth of "
             f"their sampling error, if larger) after {convergence.max_average_epochs} epochs at the last "
             "parameters; see varcorr()['mcse']. Increase max_average_epochs= or draws= for tighter estimates."
         )
-        return estimate, True
+        return estimate, True, None
 
     def _newton(self, theta: np.ndarray, targets: list[np.ndarray], information: MissingInformation) -> tuple[Estimate, bool]:
         """The Newton estimate from the epochs' EM targets (t, size) at ``theta`` with its
@@ -263,20 +305,6 @@ class VariancePhases:
         z = np.abs(step) / np.maximum(se, floor)
         significant = bool(np.mean(z**2) > SIGNIFICANT_MEAN_SQUARED_Z or np.max(z) > MAX_Z)
         return Estimate(self.layout.project(theta + step), se), significant
-
-    def _damped(self, theta: np.ndarray, new: np.ndarray) -> np.ndarray:
-        """``theta`` moved toward ``new`` by the largest share (at most all) that changes no variance
-        by more than a factor MAX_VARIANCE_FACTOR (a noisy J can overshoot in a flat direction)."""
-        share = 1.0
-        floor = 0.01 * max(float(np.max(theta[self.layout.variance_indices()], initial=0.0)), 1e-12)
-        for i in self.layout.variance_indices():
-            old, target = max(theta[i], 0.0), new[i]
-            high, low = MAX_VARIANCE_FACTOR * old + floor, old / MAX_VARIANCE_FACTOR
-            if target > high:
-                share = min(share, (high - old) / (target - old))
-            elif target < low:
-                share = min(share, (old - low) / (old - target))
-        return self.layout.project(theta + share * (new - theta))
 
     def _precise(self, estimate: Estimate) -> bool:
         """Whether the estimate's Monte Carlo errors are within what is allowed (see

@@ -174,6 +174,22 @@ class EffectMoments:
                     self.stride *= 2
         self.count += effects[0].shape[0] if effects else 0
 
+    def merged(self, later: EffectMoments) -> EffectMoments:
+        """These draws and a ``later`` phase's (same shapes), as one: sums added, the stored draws
+        of both in order, thinned by halving until they fit ``max_draws``."""
+        both = EffectMoments(self.shapes, self.max_draws)
+        both.count = self.count + later.count
+        both.sum = [a + b for a, b in zip(self.sum, later.sum)]
+        both.sum_sq = [a + b for a, b in zip(self.sum_sq, later.sum_sq)]
+        both.stored = [a + b for a, b in zip(self.stored, later.stored)]
+        both.stored_epochs = self.stored_epochs + later.stored_epochs
+        both.stride = max(self.stride, later.stride)
+        while len(both.stored_epochs) >= both.max_draws:
+            both.stored = [kept[::2] for kept in both.stored]
+            both.stored_epochs = both.stored_epochs[::2]
+            both.stride *= 2
+        return both
+
     def mean(self) -> list[np.ndarray]:
         """Per term (q, p, c): ``exact_mean`` where set, else the draws' mean."""
         return self.exact_mean if self.exact_mean is not None else self._draw_mean()
