@@ -39,12 +39,13 @@ from gmenn_formula.training.variance import EffectMoments, predict_fixed, predic
 
 MAX_BLOCKS = 20
 """Newton steps before the last one is reported anyway (with a convergence message)."""
-BLOCK_WORK = 100_000
+BLOCK_WORK = 50_000
 """Rows x classes x draws an epoch of a block aims at: small data get more draws per epoch (up to
 MAX_BLOCK_DRAWS), which cost little beside the fixed cost of an epoch and pin the Newton step down.
-At 400,000 a 10,000-row binomial GLMM with three crossed factors drew 40 per epoch and reached a
-Monte Carlo error of 0.2-0.4% (the target is 2%) in 1.60 s; at 100,000, 10 per epoch, 0.8-1.4% in
-0.75 s, the seed-to-seed sd 0.7-1.3x the reported error over 10 seeds (0.7-1.5x before)."""
+A 10,000-row binomial GLMM with three crossed factors (12 seeds): at 100,000 (10 draws per epoch)
+0.59 s, Monte Carlo errors 0.7-1.4% of the variances, seed-to-seed sd 0.82-1.03x the reported
+error; at 50,000 (4 draws) 0.42 s, 1.0-2.0%, 0.76-1.07x (the target is 2%); at 400,000 (40 draws,
+an earlier engine) 1.60 s, 0.2-0.4%."""
 MAX_BLOCK_DRAWS = 64
 SIGNIFICANT_MEAN_SQUARED_Z = 4.0
 """A Newton step counts as real when its pooled squared z (step over Monte Carlo error) averages
