@@ -168,10 +168,7 @@ class EffectMoments:
                 for index, B in enumerate(effects):
                     self.stored[index].append(B[offset])
                 self.stored_epochs.append(epoch)
-                if len(self.stored[0]) >= self.max_draws:
-                    self.stored = [kept[::2] for kept in self.stored]
-                    self.stored_epochs = self.stored_epochs[::2]
-                    self.stride *= 2
+                self._thin()
         self.count += effects[0].shape[0] if effects else 0
 
     def merged(self, later: EffectMoments) -> EffectMoments:
@@ -184,11 +181,15 @@ class EffectMoments:
         both.stored = [a + b for a, b in zip(self.stored, later.stored)]
         both.stored_epochs = self.stored_epochs + later.stored_epochs
         both.stride = max(self.stride, later.stride)
-        while len(both.stored_epochs) >= both.max_draws:
-            both.stored = [kept[::2] for kept in both.stored]
-            both.stored_epochs = both.stored_epochs[::2]
-            both.stride *= 2
+        both._thin()
         return both
+
+    def _thin(self) -> None:
+        """Drop every other stored draw, doubling the stride, until the store is below ``max_draws``."""
+        while len(self.stored_epochs) >= self.max_draws:
+            self.stored = [kept[::2] for kept in self.stored]
+            self.stored_epochs = self.stored_epochs[::2]
+            self.stride *= 2
 
     def mean(self) -> list[np.ndarray]:
         """Per term (q, p, c): ``exact_mean`` where set, else the draws' mean."""
