@@ -51,6 +51,13 @@ SIGNIFICANT_MEAN_SQUARED_Z = 4.0
 """A Newton step counts as real when its pooled squared z (step over Monte Carlo error) averages
 above this, or one z exceeds MAX_Z; otherwise the parameters are at the fixed point within noise."""
 MAX_VARIANCE_FACTOR = 2.0
+AGREEING_MEAN_SQUARED_Z = 2.0
+AGREEING_MAX_Z = 3.0
+"""Two blocks' estimates are pooled only when they agree within their joint Monte Carlo error: z of
+each difference over sqrt(se1^2 + se2^2), squared mean at most AGREEING_MEAN_SQUARED_Z and none
+above AGREEING_MAX_Z. A step below the significance floor (the error allowed in the result) can
+still be real; pooling across it would keep part of the earlier, biased estimate (three crossed
+binary factors: .459 and .489 pooled to .474 with an error of .003)."""
 """A Newton step changes no variance by more than this factor (plus 1% of the largest variance)."""
 
 
@@ -71,6 +78,12 @@ class BlockRecord:
     estimate: Estimate
     epochs: int
     moments: EffectMoments
+
+    def agrees(self, later: BlockRecord) -> bool:
+        """Whether a ``later`` block's estimate agrees with this one's within their joint error."""
+        joint = np.sqrt(self.estimate.se**2 + later.estimate.se**2)
+        z = np.abs(later.estimate.theta - self.estimate.theta) / np.maximum(joint, 1e-300)
+        return bool(np.mean(z**2) <= AGREEING_MEAN_SQUARED_Z and np.max(z, initial=0.0) <= AGREEING_MAX_Z)
 
     def pooled(self, later: BlockRecord) -> BlockRecord:
         """This block's and a ``later`` one's estimates of the same fixed point, weighted by their
@@ -249,7 +262,7 @@ class VariancePhases:
         beyond its Monte Carlo error ends the block with that step (damped); a step within it ends
         the fit once the error is small enough and ``average_epochs`` are done (or after
         ``max_average_epochs``), pooled with ``previous`` (the block before, when its step was
-        taken whole). Returns the estimate, whether it is the final one, and this block's record
+        taken whole) where the two agree. Returns the estimate, whether it is the final one, and this block's record
         when the next block may pool with it (its step taken whole), else None."""
         layout, rows, convergence = self.layout, self.problem.rows, self.config.convergence
         beta = self.model.beta.detach().cpu().numpy().copy() if self.fit_beta else None
@@ -277,7 +290,7 @@ class VariancePhases:
                 moved, whole = damped_step(layout, theta, estimate.theta)
                 return Estimate(moved, estimate.se), False, BlockRecord(estimate, epoch, self.moments) if whole else None
             record = BlockRecord(estimate, epoch, self.moments)
-            if previous is not None:
+            if previous is not None and previous.agrees(record):
                 record = previous.pooled(record)
             if record.epochs >= convergence.average_epochs and self._precise(record.estimate):
                 self.moments = record.moments

@@ -71,3 +71,14 @@ def test_merged_moments_hold_both_phases_draws_in_order_within_the_store():
     kept = [float(d.ravel()[0]) for d in both.draws()[0]]
     assert 2 <= len(kept) < 8 and kept == sorted(kept) and kept[0] < 15 <= kept[-1]
     assert len(both.stored_epochs) == len(kept) and both.stored_epochs == sorted(both.stored_epochs)
+
+
+def test_blocks_pool_only_when_their_estimates_agree_within_their_joint_error():
+    """A later block's estimate 1 joint error away pools; one 5 errors away (a step below the
+    significance floor but real) does not."""
+    moments = EffectMoments([(1, 1, 1)])
+    first = BlockRecord(Estimate(np.array([0.459, 0.30]), np.array([0.004, 0.01])), 10, moments)
+    near = BlockRecord(Estimate(np.array([0.459 + 0.005, 0.30]), np.array([0.003, 0.01])), 10, moments)
+    far = BlockRecord(Estimate(np.array([0.489, 0.30]), np.array([0.005, 0.01])), 10, moments)
+    assert first.agrees(near)
+    assert not first.agrees(far)
