@@ -15,6 +15,8 @@ are what the fit reports.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -35,22 +37,34 @@ def laplace_applies(problem: EMProblem) -> bool:
     return not problem.family.has_dispersion and all(p * c <= MAX_EFFECT_SIZE for _, p, c in problem.shapes)
 
 
-def laplace_start(problem: EMProblem, model: FixedPart, covariances: list[np.ndarray]) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class LaplaceStart:
+    """Where the Laplace-approximate EM ends: ``covariances`` per term (c, p, p), and ``prior_share``,
+    the largest over terms of the mean over levels of the prior's share of a level's posterior
+    precision, trace(Sigma^-1 H^-1) / d (0: the data determine every level; 1: they say nothing)."""
+
+    covariances: list[np.ndarray]
+    prior_share: float
+
+
+def laplace_start(problem: EMProblem, model: FixedPart, covariances: list[np.ndarray]) -> LaplaceStart:
     """Laplace-approximate EM from ``covariances`` (per term (c, p, p)), the model's beta updated in
-    place; returns the covariances it ends at."""
+    place."""
     rows, family = problem.rows, problem.family
     y, trials = rows.y.double(), rows.trials.double()
     intercepts = _intercept_columns(rows)
     effects = [torch.zeros(shape, dtype=torch.float64, device=problem.device) for shape in problem.shapes]
     current = [np.array(S, dtype=np.float64) for S in covariances]
+    shares = [0.0]
     for _ in range(MAX_ITERATIONS):
         eta_fixed = predict_fixed(model, rows).double()
-        inverses = []
+        inverses, shares = [], []
         for index in range(len(effects)):
             eta = eta_fixed + random_part(tuple(B.float()[None] for B in effects), rows)[0].double()
             gradient, hessian = row_derivatives(family, eta, y, trials, 1.0)  # of the NLL
-            effects[index], inverse = _scoring_step(rows.codes[index], rows.Z[index].double(), gradient, hessian, effects[index], current[index])
+            effects[index], inverse, share = _scoring_step(rows.codes[index], rows.Z[index].double(), gradient, hessian, effects[index], current[index])
             inverses.append(inverse)
+            shares.append(share)
         _centre_intercepts(model, effects, intercepts)
         updated = [_laplace_covariance(B, inverse, full) for B, inverse, full in zip(effects, inverses, problem.correlated)]
         newton_fixed_effects(model, family, rows, tuple(B.float()[None] for B in effects), 1.0, steps=1)
@@ -59,7 +73,7 @@ def laplace_start(problem: EMProblem, model: FixedPart, covariances: list[np.nda
         current = updated
         if change < TOLERANCE:
             break
-    return current
+    return LaplaceStart(current, max(shares))
 
 
 def _intercept_columns(rows: Rows) -> tuple[int | None, tuple[tuple[int, ...], ...]]:
@@ -87,7 +101,8 @@ def _centre_intercepts(model: FixedPart, effects: list[torch.Tensor], intercepts
 def _scoring_step(codes: torch.Tensor, Z: torch.Tensor, gradient: torch.Tensor, hessian: torch.Tensor, B: torch.Tensor, covariance: np.ndarray):
     """A term's effects B (q, p, c) after one Fisher scoring step, given the rows' NLL ``gradient``
     (n, c) and ``hessian`` (n, c, c) in eta, its ``codes`` (n,), ``Z`` (n, p) and prior
-    ``covariance`` (c, p, p); and the inverse (q, d, d) of their per-level precision (layout p * c + class)."""
+    ``covariance`` (c, p, p); the inverse (q, d, d) of their per-level precision (layout p * c + class);
+    and the prior's mean share of that precision, mean over levels of trace(prior H^-1) / d."""
     q, p, c = B.shape
     d = p * c
     score = torch.zeros((q, p, c), dtype=B.dtype, device=B.device).index_add_(0, codes, -Z[:, :, None] * gradient[:, None, :])
@@ -99,7 +114,8 @@ def _scoring_step(codes: torch.Tensor, Z: torch.Tensor, gradient: torch.Tensor, 
     flat = B.reshape(q, d)
     score = score.reshape(q, d) - flat @ block
     inverse = torch.linalg.inv(precision)
-    return (flat + torch.einsum("qxy,qy->qx", inverse, score)).reshape(q, p, c), inverse
+    share = float(torch.einsum("xy,qyx->", block, inverse)) / (q * d)
+    return (flat + torch.einsum("qxy,qy->qx", inverse, score)).reshape(q, p, c), inverse, share
 
 
 def _laplace_covariance(B: torch.Tensor, inverse: torch.Tensor, correlated: bool) -> np.ndarray:

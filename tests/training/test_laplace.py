@@ -39,12 +39,12 @@ def _simulated_poisson(seed: int = 0) -> pd.DataFrame:
 def test_the_laplace_start_lands_near_the_truth_and_keeps_the_covariance_structure():
     problem, model = _problem("y ~ x + (x | g) + (1 | h)", _simulated_poisson(), "poisson")
     start = [np.tile(np.eye(p) * 0.1, (c, 1, 1)) for _, p, c in problem.shapes]
-    slope, intercept = laplace_start(problem, model, start)
+    slope, intercept = laplace_start(problem, model, start).covariances
     np.testing.assert_allclose(slope[0], [[0.4, -0.12], [-0.12, 0.1]], atol=0.1)
     assert intercept[0, 0, 0] == pytest.approx(0.25, rel=0.4)
     assert model.beta.detach().numpy().ravel() == pytest.approx([0.3, 0.5], abs=0.15)
     problem, model = _problem("y ~ x + (x || g)", _simulated_poisson(), "poisson")
-    (diagonal,) = laplace_start(problem, model, [np.tile(np.eye(2) * 0.1, (1, 1, 1))])
+    (diagonal,) = laplace_start(problem, model, [np.tile(np.eye(2) * 0.1, (1, 1, 1))]).covariances
     assert diagonal[0, 0, 1] == 0.0 and diagonal[0, 0, 0] > 0.2
 
 
@@ -63,3 +63,34 @@ def test_a_fit_from_the_laplace_start_reaches_the_exact_ml_as_em_from_lme4s_star
     assert (history["phase"] == "em").sum() == (3 if laplace else max(20, (history["phase"] == "em").sum()))
     vc = fit.varcorr()
     assert vc["variance"].iloc[0] == pytest.approx(CBPP_EXACT_ML, abs=4 * vc["mcse"].iloc[0])
+
+
+def _crossed_binary(rows: int, levels: tuple[int, int], seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g, h = rng.integers(0, levels[0], rows), rng.integers(0, levels[1], rows)
+    eta = rng.normal(0, 0.7, levels[0])[g] + rng.normal(0, 0.5, levels[1])[h]
+    return pd.DataFrame({"y": (rng.random(rows) < 1 / (1 + np.exp(-eta))).astype(int), "g": g, "h": h})
+
+
+def test_the_prior_share_says_how_little_the_data_determine_the_levels():
+    """Poisson levels of 50-100 rows: the data give most of each level's precision; binary levels of
+    ~4 rows: the prior does."""
+    problem, model = _problem("y ~ x + (x | g) + (1 | h)", _simulated_poisson(), "poisson")
+    assert laplace_start(problem, model, [np.tile(np.eye(p) * 0.1, (c, 1, 1)) for _, p, c in problem.shapes]).prior_share < 0.2
+    problem, model = _problem("y ~ 1 + (1 | g) + (1 | h)", _crossed_binary(2000, (500, 400)), "binomial")
+    assert laplace_start(problem, model, [np.full((1, 1, 1), 0.1)] * 2).prior_share > 0.5
+
+
+def test_crossed_levels_the_data_hardly_determine_run_em_until_it_settles_after_the_laplace_start():
+    """Where the blocks' Jacobian (which leaves out the coupling of crossed levels) would fall short,
+    EM settles first (at least two windows of EM epochs); where the data determine every level, the
+    Laplace start is followed by the short EM of ``final_epochs``."""
+    config = {"verbose": 0, "seed": 0, "family": "binomial"}
+    small = gf.gmenn("y ~ 1 + (1 | g) + (1 | h)", _crossed_binary(2000, (500, 400)), **config)
+    large = gf.gmenn("y ~ 1 + (1 | g) + (1 | h)", _crossed_binary(4000, (20, 10)), **config)
+    assert _em_epochs(small) >= 2 * gf.FitConfig().convergence.window
+    assert _em_epochs(large) == gf.FitConfig().convergence.final_epochs
+
+
+def _em_epochs(fit) -> int:
+    return int((fit.history["phase"] == "em").sum())
