@@ -155,7 +155,7 @@ class ConvergenceSettings:
     mcse_target: float = _setting(0.02, _Rule(float, 0, open_low=True), "Monte Carlo error sought, relative to each variance")
     parameter_expansion: bool = _setting(True, _Rule(bool), "parameter-expanded EM until averaging starts")
     final_epochs: int = _setting(
-        3, _Rule(int, 1), "EM epochs before the Newton blocks where EM starts near its fixed point: with the network frozen, or after a Laplace start on nested terms"
+        3, _Rule(int, 1), "EM epochs before the Newton blocks where EM starts near its fixed point: with the network frozen, or after a Laplace start where the blocks can take it from there (nested terms, or crossed ones the data determine)"
     )
     laplace_start: bool = _setting(
         True, _Rule(bool), "non-gaussian plain GLMMs: start EM from a Laplace-approximate EM (no sampling) instead of running EM until it settles"

@@ -27,11 +27,12 @@ levels: the prior's mean share of a level's posterior precision at most this, fo
 
 def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: EpochLog) -> tuple[VariancePhases, bool]:
     """Fit by EM until settled, then the Newton blocks. After a Laplace start on a design whose
-    terms nest in one factor, EM runs only ``final_epochs``: the blocks' Jacobian (per-unit missing
-    information) is exact there and takes the steps from Laplace's answer to the exact one. Crossed
-    terms couple levels a posteriori, which that Jacobian leaves out (it read EM's rate as .77-.91
-    where EM moved at ~.95 on 10^6 binary rows and 3 x 10^5 levels, ~10 rows each), so its steps
-    fall short there and EM settles first. Returns the finished phases and whether EM settled
+    terms nest in one factor, or whose crossed terms' levels the data determine
+    (MAX_CROSSED_PRIOR_SHARE), EM runs only ``final_epochs``: the blocks' Jacobian (per-unit missing
+    information) is exact, or nearly, there and takes the steps from Laplace's answer to the exact
+    one. Crossed levels that the data hardly determine are coupled a posteriori, which that Jacobian
+    leaves out (it read EM's rate as .77-.91 where EM moved at ~.95 on 10^6 binary rows and 3 x 10^5
+    levels, ~10 rows each), so its steps fall short there and EM settles first. Returns the finished phases and whether EM settled
     (True after a short EM)."""
     rows = problem.rows
     no_effects = tuple(torch.zeros((1, *shape), device=problem.device) for shape in problem.shapes)

@@ -55,7 +55,7 @@ def laplace_start(problem: EMProblem, model: FixedPart, covariances: list[np.nda
     intercepts = _intercept_columns(rows)
     effects = [torch.zeros(shape, dtype=torch.float64, device=problem.device) for shape in problem.shapes]
     current = [np.array(S, dtype=np.float64) for S in covariances]
-    shares = [0.0]
+    shares: list[float] = []
     for _ in range(MAX_ITERATIONS):
         eta_fixed = predict_fixed(model, rows).double()
         inverses, shares = [], []
@@ -73,7 +73,7 @@ def laplace_start(problem: EMProblem, model: FixedPart, covariances: list[np.nda
         current = updated
         if change < TOLERANCE:
             break
-    return LaplaceStart(current, max(shares))
+    return LaplaceStart(current, max(shares, default=0.0))
 
 
 def _intercept_columns(rows: Rows) -> tuple[int | None, tuple[tuple[int, ...], ...]]:
