@@ -219,7 +219,9 @@ def _nesting(inner: np.ndarray, outer: np.ndarray, num_inner: int) -> np.ndarray
 
 class MissingInformation:
     """Per-unit sums over draws of V = (T, g_beta) and of V V^T at fixed parameters, and the sum of
-    the beta M-step's Hessian X' H X (plain GLMMs)."""
+    the beta M-step's Hessian X' H X (plain GLMMs whose terms nest in one factor, the units then
+    holding every row; with crossed terms beta belongs to no unit, its rows of J are 0, and neither
+    its scores nor that Hessian are formed: on 10^6 rows they were (draws, rows, k) arrays)."""
 
     def __init__(self, problem: EMProblem, layout: ParameterLayout, groups: list[UnitGroup]) -> None:
         self.problem, self.layout, self.groups = problem, layout, groups
@@ -238,11 +240,10 @@ class MissingInformation:
     def add(self, effects: tuple[torch.Tensor, ...], F: torch.Tensor, rows: Rows, dispersion: float) -> None:
         """The raw draws (m, q, p, c) of one epoch, drawn given F (n, c) on ``rows`` and the residual variance."""
         m, c = effects[0].shape[0], self.layout.num_outputs
-        eta = None
-        if any(g.row_units is not None for g in self.groups) or self.layout.num_fixed:
-            eta = F.unsqueeze(0) + random_part(effects, rows)  # (m, n, c)
+        rows_in_units = any(g.row_units is not None for g in self.groups)
+        eta = F.unsqueeze(0) + random_part(effects, rows) if rows_in_units else None  # (m, n, c)
         scores = None
-        if self.layout.num_fixed:
+        if rows_in_units and self.layout.num_fixed:
             y, trials = rows.per_draw(m)
             gradient, hessian = row_derivatives(self.problem.family, eta.reshape(-1, c).double(), y, trials, dispersion)
             X = rows.X_fixed.double()
