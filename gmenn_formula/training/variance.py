@@ -166,7 +166,7 @@ class EffectMoments:
         for offset in range(effects[0].shape[0] if effects else 0):
             if (self.count + offset) % self.stride == 0:
                 for index, B in enumerate(effects):
-                    self.stored[index].append(B[offset])
+                    self.stored[index].append(B[offset].copy())  # a view would keep the whole epoch alive
                 self.stored_epochs.append(epoch)
                 self._thin()
         self.count += effects[0].shape[0] if effects else 0
