@@ -13,7 +13,6 @@ from gmenn_formula.mstep.step import newton_fixed_effects
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.laplace import laplace_applies, laplace_start
 from gmenn_formula.training.log import EpochLog
-from gmenn_formula.training.newton import unit_groups
 from gmenn_formula.training.phases import VariancePhases
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.variance import initial_dispersion, make_estep, sampler_config
@@ -32,19 +31,19 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     information) is exact, or nearly, there and takes the steps from Laplace's answer to the exact
     one. Crossed levels that the data hardly determine are coupled a posteriori, which that Jacobian
     leaves out (it read EM's rate as .77-.91 where EM moved at ~.95 on 10^6 binary rows and 3 x 10^5
-    levels, ~10 rows each), so its steps fall short there and EM settles first. Returns the finished phases and whether EM settled
-    (True after a short EM)."""
+    levels, ~10 rows each), so its steps fall short there and EM settles first. Returns the
+    finished phases and whether EM settled (True after a short EM)."""
     rows = problem.rows
     no_effects = tuple(torch.zeros((1, *shape), device=problem.device) for shape in problem.shapes)
     newton_fixed_effects(model, problem.family, rows, no_effects, 1.0, steps=START_NEWTON_STEPS)
     dispersion, scale = initial_dispersion(problem, model, rows)
-    covariances = problem.initial_covariances(scale)
-    epochs, settle = config.training.max_epochs(False), True
+    covariances, start = problem.initial_covariances(scale), None
     if config.convergence.laplace_start and laplace_applies(problem):
         start = laplace_start(problem, model, covariances)
         covariances = start.covariances
-        if len(unit_groups(problem)) == 1 or start.prior_share <= MAX_CROSSED_PRIOR_SHARE:
-            epochs, settle = min(epochs, config.convergence.final_epochs), False
     estep = make_estep(problem, config, sampler_config(problem, config, config.estep.draws, variances=True), np.ones(problem.num_rows))
     phases = VariancePhases(problem, model, estep, config, log, covariances, dispersion, fit_beta=True)
+    epochs, settle = config.training.max_epochs(False), True
+    if start is not None and (phases.nested or start.prior_share <= MAX_CROSSED_PRIOR_SHARE):
+        epochs, settle = min(epochs, config.convergence.final_epochs), False
     return phases, phases.run(epochs, settle)

@@ -9,7 +9,7 @@
    crawls. The block whose step stays within its error, once that error is small, is
    the last: its Newton estimate is reported with that error, and its draws give the
    reported effects. A block that follows a whole (undamped) step pools its estimate
-   with the previous block's when its own step stays within its error: both estimate
+   with the previous block's when the two agree within their joint error: both estimate
    the same fixed point, so the epochs before the step count toward the precision.
 
 A plain GLMM also gets an exact Newton M-step of its linear fixed effects: every
@@ -51,6 +51,7 @@ SIGNIFICANT_MEAN_SQUARED_Z = 4.0
 """A Newton step counts as real when its pooled squared z (step over Monte Carlo error) averages
 above this, or one z exceeds MAX_Z; otherwise the parameters are at the fixed point within noise."""
 MAX_VARIANCE_FACTOR = 2.0
+"""A Newton step changes no variance by more than this factor (plus 1% of the largest variance)."""
 AGREEING_MEAN_SQUARED_Z = 2.0
 AGREEING_MAX_Z = 3.0
 """Two blocks' estimates are pooled only when they agree within their joint Monte Carlo error: z of
@@ -58,7 +59,6 @@ each difference over sqrt(se1^2 + se2^2), squared mean at most AGREEING_MEAN_SQU
 above AGREEING_MAX_Z. A step below the significance floor (the error allowed in the result) can
 still be real; pooling across it would keep part of the earlier, biased estimate (three crossed
 binary factors: .459 and .489 pooled to .474 with an error of .003)."""
-"""A Newton step changes no variance by more than this factor (plus 1% of the largest variance)."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,12 @@ class VariancePhases:
         """Whether the variance components come from the closed-form maximum likelihood (gaussian
         models with the exact E-step, whose sparse factorisation stays small) instead of EM."""
         exact = self.config.estep.kind(self.problem.family.has_dispersion) == "exact"
-        return self.config.convergence.closed_form and exact and direct_fit_applies(self.problem.terms, nested=len(self.groups) == 1)
+        return self.config.convergence.closed_form and exact and direct_fit_applies(self.problem.terms, nested=self.nested)
+
+    @property
+    def nested(self) -> bool:
+        """Whether all terms nest in one factor (one unit group: levels independent a posteriori across its units)."""
+        return len(self.groups) == 1
 
     def run(self, max_epochs: int, settle: bool) -> bool:
         """Estimate the variance components: :meth:`maximise` where :attr:`closed_form`, else
@@ -262,8 +267,8 @@ class VariancePhases:
         beyond its Monte Carlo error ends the block with that step (damped); a step within it ends
         the fit once the error is small enough and ``average_epochs`` are done (or after
         ``max_average_epochs``), pooled with ``previous`` (the block before, when its step was
-        taken whole) where the two agree. Returns the estimate, whether it is the final one, and this block's record
-        when the next block may pool with it (its step taken whole), else None."""
+        taken whole) where the two agree. Returns the estimate, whether it is the final one, and
+        this block's record when the next block may pool with it (its step taken whole), else None."""
         layout, rows, convergence = self.layout, self.problem.rows, self.config.convergence
         beta = self.model.beta.detach().cpu().numpy().copy() if self.fit_beta else None
         theta = layout.flatten(self.covariances, self.dispersion, beta)
