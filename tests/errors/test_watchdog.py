@@ -162,8 +162,9 @@ sys.exit(main(["fit", "y ~ x + (1 | g)", sys.argv[1], "-o", sys.argv[2], "--fami
 @pytest.mark.parametrize("delay", [0.5, 3.0, 6.0])
 def test_ctrl_c_at_any_moment_of_a_first_fit_exits_130_without_a_crash(tmp_path, delay):
     """Ctrl-C while the engine imports, builds the PyMC model or XLA compiles the sampler (in a
-    fresh JAX cache, so that compilation happens): exit 130, never a signal."""
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache")}
+    fresh JAX cache and E-step store, so that tracing and compilation happen: with the structure
+    stored by an earlier test the whole fit could end before the last delay): exit 130, never a signal."""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     process = subprocess.Popen(
         [sys.executable, "-c", BINOMIAL_FIT, str(tmp_path / "train.csv"), str(tmp_path / "m.gmenn")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
