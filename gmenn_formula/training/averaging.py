@@ -22,6 +22,7 @@ judged by the allowances of :meth:`~gmenn_formula.training.newton.ParameterLayou
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import stdtrit
 
 Entry = tuple[list[np.ndarray], float | None, np.ndarray | None]
 
@@ -38,6 +39,12 @@ An error estimated from 2 batches (1 degree of freedom) is |N(0, 1)| times the t
 0.7 of the allowance, 1 in 240 components reads above 2x by chance, 1 in 55,000 above 3x."""
 MEAN_SQUARED_Z = 2.0
 MAX_Z = 4.0
+FALSE_ALARM = 0.05
+"""Chance that noise alone makes the largest of a block's z ratios count as a real step (or as
+disagreement): the threshold grows with the number of parameters and shrinks with the degrees of
+freedom of their errors. A fixed 4 with 300 variances and errors from 5 batch means (t with 4 degrees
+of freedom: P(|t| > 4) = .016) fired at nearly every check, and the 100-class fits took one noise-driven
+Newton step after another."""
 MAX_AUTOCORRELATION = 0.8
 """Largest lag-1 autocorrelation credited to noise in the settle test (inflation 9, 3x on the standard error)."""
 
@@ -98,13 +105,26 @@ def precise(se: np.ndarray, allowed: np.ndarray) -> bool:
     return bool(np.mean(ratio**2) <= 1.0 and np.max(ratio) <= MAX_SE_RATIO)
 
 
+def largest_noise_z(count: int, epochs: int) -> float:
+    """The z that the largest of ``count`` noise-only ratios exceeds with probability FALSE_ALARM,
+    each a t variable with the degrees of freedom of :func:`stationary_se` over ``epochs`` epochs
+    (Bonferroni)."""
+    dof = max(_batches(epochs) - 1, 1)
+    return float(stdtrit(dof, 1.0 - FALSE_ALARM / (2 * max(count, 1))))
+
+
+def _batches(epochs: int) -> int:
+    """Batch means :func:`stationary_se` forms from ``epochs`` epochs."""
+    return epochs // max(2, epochs // MAX_BATCHES)
+
+
 def stationary_se(values: np.ndarray) -> np.ndarray:
     """Standard error of the mean of a stationary sequence (t, ...) (a block's epochs at fixed
     parameters): batch means of max(2, t // MAX_BATCHES) epochs, inflated by (1 + rho) / (1 - rho)
     with rho the lag-1 autocorrelation of the batch means (0 to MAX_AUTOCORRELATION)."""
     t = values.shape[0]
     size = max(2, t // MAX_BATCHES)
-    batches = t // size
+    batches = _batches(t)
     if batches < 2:
         return np.zeros(values.shape[1:])
     means = values[: batches * size].reshape(batches, size, *values.shape[1:]).mean(1)

@@ -28,7 +28,7 @@ import torch
 from gmenn_formula.estep.arrays import EffectSampler, EpochDraws
 from gmenn_formula.mstep.networks import FixedPart
 from gmenn_formula.mstep.step import newton_fixed_effects
-from gmenn_formula.training.averaging import MAX_Z, Averager, precise, stationary_se
+from gmenn_formula.training.averaging import MAX_Z, Averager, largest_noise_z, precise, stationary_se
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.gaussian_ml import direct_fit_applies, fit_gaussian_ml
 from gmenn_formula.training.log import EpochLog
@@ -49,14 +49,15 @@ an earlier engine) 1.60 s, 0.2-0.4%."""
 MAX_BLOCK_DRAWS = 64
 SIGNIFICANT_MEAN_SQUARED_Z = 4.0
 """A Newton step counts as real when its pooled squared z (step over Monte Carlo error) averages
-above this, or one z exceeds MAX_Z; otherwise the parameters are at the fixed point within noise."""
+above this, or the largest z exceeds what noise alone reaches among so many parameters
+(:func:`~gmenn_formula.training.averaging.largest_noise_z`); otherwise the parameters are at the fixed point within noise."""
 MAX_VARIANCE_FACTOR = 2.0
 """A Newton step changes no variance by more than this factor (plus 1% of the largest variance)."""
 AGREEING_MEAN_SQUARED_Z = 2.0
 AGREEING_MAX_Z = 3.0
 """Two blocks' estimates are pooled only when they agree within their joint Monte Carlo error: z of
 each difference over sqrt(se1^2 + se2^2), squared mean at most AGREEING_MEAN_SQUARED_Z and none
-above AGREEING_MAX_Z. A step below the significance floor (the error allowed in the result) can
+above AGREEING_MAX_Z (or, with many parameters, above what noise alone reaches among them). A step below the significance floor (the error allowed in the result) can
 still be real; pooling across it would keep part of the earlier, biased estimate (three crossed
 binary factors: .459 and .489 pooled to .474 with an error of .003)."""
 
@@ -83,7 +84,8 @@ class BlockRecord:
         """Whether a ``later`` block's estimate agrees with this one's within their joint error."""
         joint = np.sqrt(self.estimate.se**2 + later.estimate.se**2)
         z = np.abs(later.estimate.theta - self.estimate.theta) / np.maximum(joint, 1e-300)
-        return bool(np.mean(z**2) <= AGREEING_MEAN_SQUARED_Z and np.max(z, initial=0.0) <= AGREEING_MAX_Z)
+        largest = max(AGREEING_MAX_Z, largest_noise_z(len(z), min(self.epochs, later.epochs)))
+        return bool(np.mean(z**2) <= AGREEING_MEAN_SQUARED_Z and np.max(z, initial=0.0) <= largest)
 
     def pooled(self, later: BlockRecord) -> BlockRecord:
         """This block's and a ``later`` one's estimates of the same fixed point, weighted by their
@@ -322,7 +324,7 @@ class VariancePhases:
         allowed = self.layout.allowed_errors(theta, convergence.mcse_target)
         floor[: len(allowed)] = np.maximum(floor[: len(allowed)], allowed)
         z = np.abs(step) / np.maximum(se, floor)
-        significant = bool(np.mean(z**2) > SIGNIFICANT_MEAN_SQUARED_Z or np.max(z) > MAX_Z)
+        significant = bool(np.mean(z**2) > SIGNIFICANT_MEAN_SQUARED_Z or np.max(z) > max(MAX_Z, largest_noise_z(len(z), len(targets))))
         return Estimate(self.layout.project(theta + step), se), significant
 
     def _precise(self, estimate: Estimate) -> bool:

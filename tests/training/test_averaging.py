@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gmenn_formula.training import averaging
-from gmenn_formula.training.averaging import Averager, precise, stationary_se
+from gmenn_formula.training.averaging import FALSE_ALARM, MAX_Z, Averager, largest_noise_z, precise, stationary_se
 from gmenn_formula.training.newton import ParameterLayout
 
 
@@ -89,3 +89,14 @@ def test_settled_allows_for_autocorrelated_noise_but_not_for_a_trend(monkeypatch
     print("pass rates: stationary", stationary, "without the correction", uncorrected, "drifting", drifting)
     assert stationary > 0.35 and uncorrected < 0.25
     assert drifting == 0.0
+
+
+def test_largest_noise_z_keeps_false_alarms_rare_among_many_parameters():
+    """300 parameters whose 10 epochs are noise only (no step): the largest z over the batch-means
+    error exceeds largest_noise_z in about FALSE_ALARM of blocks, where a fixed MAX_Z fires in most."""
+    rng = np.random.default_rng(11)
+    blocks = rng.standard_normal((400, 10, 300))
+    largest = np.array([np.max(np.abs(b.mean(0)) / stationary_se(b)) for b in blocks])
+    assert np.mean(largest > largest_noise_z(300, 10)) <= 2 * FALSE_ALARM
+    assert np.mean(largest > MAX_Z) > 0.5
+    assert largest_noise_z(1, 40) < MAX_Z < largest_noise_z(300, 40) < largest_noise_z(300, 10)
