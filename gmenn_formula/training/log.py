@@ -1,6 +1,8 @@
 """The epoch log: one :class:`~gmenn_formula.results.state.EpochRecord` per EM epoch,
 passed on to a progress callback as it is written; the notes of events along the way
-(``messages``); the last epoch's draws (what a fit stopped between epochs reports)."""
+(``messages``); the last epoch's draws (what a fit stopped between epochs reports).
+Writing a record ends the epoch: the heap's free memory goes back to the system there
+(:mod:`~gmenn_formula.training.heap`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 
 from gmenn_formula.estep.arrays import EpochDraws
 from gmenn_formula.results.state import EpochRecord
+from gmenn_formula.training.heap import release_free_heap
 from gmenn_formula.training.interrupts import raise_if_interrupted
 
 
@@ -38,8 +41,8 @@ class EpochLog:
         loss: float | None = None,
         validation_loss: float | None = None,
     ) -> EpochRecord:
-        """Write the next epoch's record; ``seconds`` defaults to the sum of the two parts. A
-        deferred Ctrl-C is raised here, once the epoch is logged."""
+        """Write the next epoch's record; ``seconds`` defaults to the sum of the two parts. The
+        heap's free memory is released, and a deferred Ctrl-C raised, once the epoch is logged."""
         info = draws.info
         record = EpochRecord(
             epoch=self.last_epoch + 1,
@@ -60,5 +63,6 @@ class EpochLog:
         self.last_draws = draws
         if self.progress is not None:
             self.progress(record)
+        release_free_heap()
         raise_if_interrupted()
         return record
