@@ -155,5 +155,9 @@ class EStepTimeoutError(GmennError, TimeoutError):
         self.result = None
 
 
+class DistributedError(GmennError, RuntimeError):
+    """A data-parallel fit cannot start or its processes disagree (launch, shards, levels)."""
+
+
 class ModelComparisonError(GmennError, ValueError):
     """Fits given to ``anova()`` cannot be compared (other rows, response or family)."""

@@ -8,11 +8,14 @@ center of the whitening (the mean of the previous epoch's draws), and turns
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep import sampler
@@ -26,11 +29,17 @@ VARIANCE_FLOOR = 1e-8
 """Smallest prior variance passed to the sampler (relative to 1): keeps Cholesky factors finite at a boundary fit."""
 
 
-def _approximate_posterior_draw(rng: np.random.Generator, whitening: BlockWhitening) -> tuple[jax.Array, ...]:
-    """center + L^{-T} z with z ~ N(0, I): one draw of the whitening's Gaussian, per term (q_l, d_l).
-    z comes from numpy: JAX's normal sampler cost ~1 s of XLA compilation for this one draw per fit."""
-    z = tuple(jnp.asarray(rng.standard_normal(c.shape), c.dtype) for c in whitening.center)
+def _approximate_posterior_draw(rng: np.random.Generator, whitening: BlockWhitening, place: Callable) -> tuple[jax.Array, ...]:
+    """center + L^{-T} z with z ~ N(0, I): one draw of the whitening's Gaussian, per term (q_l, d_l),
+    z placed by ``place``. z comes from numpy: JAX's normal sampler cost ~1 s of XLA compilation for
+    this one draw per fit."""
+    z = tuple(place(rng.standard_normal(c.shape).astype(c.dtype)) for c in whitening.center)
     return _unwhiten(whitening, z)
+
+
+def _on_device(value: Any) -> Any:
+    """``value`` (a pytree of arrays) as JAX arrays on the default device."""
+    return jax.tree.map(jnp.asarray, value)
 
 
 _unwhiten = jax.jit(BlockWhitening.unwhiten)
@@ -51,6 +60,9 @@ class EStep:
     0): :meth:`draw` runs as many chunks as an epoch's K needs and drops its R burn-in
     draws itself, so the K = 2 epochs of training and the K = 4 epochs of the final
     phase share one compilation (~2-3 s of XLA on 2 CPU cores for the base scenario).
+    ``mesh``: the rows are sharded over the processes of a data-parallel fit
+    (:mod:`~gmenn_formula.estep.sharded`): the row arrays given and ``F`` are this process's
+    shard, and every process draws the same chain; None: one process holds every row.
     """
 
     def __init__(
@@ -63,17 +75,25 @@ class EStep:
         num_outputs: int,
         config: sampler.SamplerConfig,
         seed: int,
+        mesh: Mesh | None = None,
     ) -> None:
         if config.burn_in:
             raise ControlError("EStep drops the burn-in draws itself: pass a SamplerConfig with burn_in=0.")
         self.family = family
         self.config = config
         structure = Structure.of(family, terms, y, trials, num_outputs)
-        self.kernels = model_kernels(structure)
-        self.data = model_data(terms, y, trials, weights)
+        if mesh is None:
+            self.kernels = model_kernels(structure)
+            self.rows = self.replicated = _on_device
+        else:
+            from gmenn_formula.estep.sharded import ShardedKernels
+
+            self.kernels = ShardedKernels(structure, mesh)
+            self.rows, self.replicated = self.kernels.rows, self.kernels.replicated
+        self.data = jax.tree.map(self.rows, model_data(terms, y, trials, weights))
         self.shapes = structure.shapes
-        start = tuple(jnp.zeros((q, p * c), jnp.float32) for q, p, c in self.shapes)
-        self.state = sampler.init(start, config)
+        start = self.replicated(tuple(np.zeros((q, p * c), np.float32) for q, p, c in self.shapes))
+        self.state = self.replicated(sampler.init(start, config))
         self.center = start
         # Until the first draw. The chain then starts from a draw of the whitening's Gaussian (the
         # Laplace approximation at 0), not from 0: started at 0, the draws of a 10^6-row, 3 x 10^5-level
@@ -97,7 +117,7 @@ class EStep:
     def set_weights(self, weights: np.ndarray) -> None:
         """Row weights (n,) of the following draws, e.g. all ones for a network fit's final phase;
         the chain, its step size and the compiled functions carry on."""
-        self.data = self.data._replace(weights=jnp.asarray(weights, jnp.float32))
+        self.data = self.data._replace(weights=self.rows(np.asarray(weights, np.float32)))
 
     def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
         """One epoch of ``num_draws`` (K) draws, the first ``burn_in`` (R) dropped, given F (n, c)
@@ -107,21 +127,21 @@ class EStep:
             raise ControlError(f"An E-step compiled for chunks of {chunk} draws cannot make K={num_draws}, R={burn_in}.")
         floored = [_floored(S) for S in covariances]
         params = ModelParams(
-            F=jnp.asarray(F, jnp.float32),
-            chol_inverses=tuple(jnp.asarray(np.linalg.inv(np.linalg.cholesky(S)), jnp.float32) for S in floored),
-            dispersion=jnp.asarray(dispersion, jnp.float32),
+            F=self.rows(np.asarray(F, np.float32)),
+            chol_inverses=self.replicated(tuple(np.linalg.inv(np.linalg.cholesky(S)).astype(np.float32) for S in floored)),
+            dispersion=self.replicated(np.float32(dispersion)),
         )
         whitening = None
         if self.config.kind == "whitened":
-            precisions = tuple(jnp.asarray(np.linalg.inv(S), jnp.float32) for S in floored)
+            precisions = self.replicated(tuple(np.linalg.inv(S).astype(np.float32) for S in floored))
             whitening = self.kernels.whitening(self.center, params, self.data, precisions)
         if self.cold and whitening is not None:
-            self.state = self.state._replace(position=_approximate_posterior_draw(self.rng, whitening))
+            self.state = self.state._replace(position=_approximate_posterior_draw(self.rng, whitening, self.replicated))
         self.cold = False
         chunks, infos = [], []
         self.key, *keys = jax.random.split(self.key, num_draws // chunk + 1)
         for key in keys:
-            self.state, draws, info = self.kernels.sample(key, self.state, self.config, whitening, params, self.data)
+            self.state, draws, info = self.kernels.sample(self.replicated(key), self.state, self.config, whitening, params, self.data)
             chunks.append(draws)
             infos.append(info)
         kept, self.center, info = _join_chunks(tuple(chunks), tuple(infos), burn_in)

@@ -64,13 +64,18 @@ COMPILED_MODELS = 8
 
 @dataclass(frozen=True)
 class CompiledModel:
-    """``logdensity(position, params, data)`` -> scalar and ``eta(position, params, data)`` -> (n, c).
+    """``logdensity(position, params, data)`` -> scalar, ``eta(position, params, data)`` -> (n, c),
+    and the two parts of the log density: ``likelihood`` (the rows' weighted log-likelihood, which
+    a data-parallel E-step sums over processes) and ``prior`` (the effects' prior, which depends on
+    no row: every process computes the same value).
 
     ``position``: tuple of (q_l, p_l * c) blocks. ``model``: the PyMC model it came from.
     """
 
     logdensity: Callable
     eta: Callable
+    likelihood: Callable
+    prior: Callable
     model: pm.Model
     shapes: tuple[tuple[int, int, int], ...]
     """(q_l, p_l, c) of each term."""
@@ -129,14 +134,19 @@ def compile_structure(structure: Structure) -> CompiledModel:
     terms = tuple(TermArrays(np.zeros(n, codes), np.zeros((n, p), Z), q) for q, p, codes, Z in structure.terms)
     model, shared = build_model(structure.family, terms, np.zeros(n, structure.y_dtype), np.ones(n, structure.trials_dtype), num_outputs)
     inputs = {name: pt.tensor(name=name, dtype=var.dtype, shape=var.get_value().shape) for name, var in shared.items()}
-    (eta_values,) = model.replace_rvs_by_values([model["eta"]])
-    logp, eta = graph_replace([model.logp(), eta_values], {shared[name]: inputs[name] for name in shared}, strict=False)
+    priors = [model[f"prior_{index}"] for index in range(len(terms))]
+    eta_values, likelihood_values, *prior_values = model.replace_rvs_by_values([model["eta"], model["y_obs"], *priors])
+    logp, eta, likelihood, prior = graph_replace(
+        [model.logp(), eta_values, likelihood_values, pt.add(*prior_values) if len(prior_values) > 1 else prior_values[0]],
+        {shared[name]: inputs[name] for name in shared},
+        strict=False,
+    )
     order = ["F", "dispersion", "y", "trials", "weights"]
     for index in range(len(terms)):
         order += [f"chol_inverse_{index}", f"codes_{index}", f"Z_{index}"]
     values = [model[f"B_{index}"] for index in range(len(terms))]
     value_vars = [model.rvs_to_values[v] for v in values]
-    jax_fn = get_jaxified_graph(inputs=[*value_vars, *(inputs[name] for name in order)], outputs=[logp, eta])
+    jax_fn = get_jaxified_graph(inputs=[*value_vars, *(inputs[name] for name in order)], outputs=[logp, eta, likelihood, prior])
     shapes = structure.shapes
 
     def call(position, params: ModelParams, data: ModelData):
@@ -149,6 +159,8 @@ def compile_structure(structure: Structure) -> CompiledModel:
     return CompiledModel(
         logdensity=lambda position, params, data: call(position, params, data)[0],
         eta=lambda position, params, data: call(position, params, data)[1],
+        likelihood=lambda position, params, data: call(position, params, data)[2],
+        prior=lambda position, params, data: call(position, params, data)[3],
         model=model,
         shapes=shapes,
     )

@@ -56,6 +56,19 @@ def prior_precision_block(prior_precision: Array) -> Array:
     return block.reshape(p * num_classes, p * num_classes)
 
 
+def level_information(codes: Array, Z: Array, fisher: Array, num_levels: int) -> Array:
+    """Per-level block (q, d, d) of the negative log-likelihood Hessian of one term: the sum of
+    kron(z_i z_i^T, W_i) over the rows of each level (a segment sum: memory O(n d^2), never O(n q)).
+
+    ``codes`` (n,) int32 level codes (rows with a code outside [0, q) are ignored); ``Z`` (n, p)
+    slope columns; ``fisher`` (n, C, C) the rows' Fisher information W_i.
+    """
+    n, p = Z.shape
+    d = p * fisher.shape[-1]
+    per_row = jnp.einsum("np,nr,nce->npcre", Z, Z, fisher).reshape(n, d, d)
+    return jax.ops.segment_sum(per_row, codes, num_segments=num_levels)
+
+
 def level_precision(
     codes: Array,
     Z: Array,
@@ -63,20 +76,9 @@ def level_precision(
     prior_precision: Array,
     num_levels: int,
 ) -> Array:
-    """Per-level block (q, d, d) of the negative log-posterior Hessian of one term.
-
-    ``codes`` (n,) int32 level codes (rows with a code outside [0, q) are
-    ignored); ``Z`` (n, p) slope columns; ``fisher`` (n, C, C) the rows'
-    Fisher information W_i; ``prior_precision`` (C, p, p) inverse prior covariances.
-    Sums kron(z_i z_i^T, W_i) over the rows of each level with a segment sum:
-    memory O(n d^2), never O(n q).
-    """
-    n, p = Z.shape
-    num_classes = fisher.shape[-1]
-    d = p * num_classes
-    per_row = jnp.einsum("np,nr,nce->npcre", Z, Z, fisher).reshape(n, d, d)
-    likelihood = jax.ops.segment_sum(per_row, codes, num_segments=num_levels)
-    return likelihood + prior_precision_block(prior_precision)
+    """Per-level block (q, d, d) of the negative log-posterior Hessian of one term:
+    :func:`level_information` plus the prior's, ``prior_precision`` (C, p, p) the inverse prior covariances."""
+    return level_information(codes, Z, fisher, num_levels) + prior_precision_block(prior_precision)
 
 
 class BlockWhitening(NamedTuple):

@@ -1,0 +1,94 @@
+"""The processes of a data-parallel fit: who this process is, and the collectives it uses.
+
+A data-parallel fit runs P processes, each holding a shard of the rows; random effects,
+covariances and network weights are replicated. The processes are started by torch's launcher
+(``torchrun --nproc-per-node P ...``), which sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT`` in each one. :func:`start` joins both frameworks' process groups on them: torch's
+(gloo for CPU tensors, NCCL for CUDA ones) for the network's gradients and the small numpy reductions here, and
+JAX's multi-process runtime (gloo collectives on CPU) for the E-step, whose log density sums over
+every process's rows inside the compiled sampler (:mod:`~gmenn_formula.estep.sharded`). JAX's
+coordinator listens on ``MASTER_PORT + 1`` unless ``GMENN_JAX_COORDINATOR`` (host:port) says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gmenn_formula.errors import DistributedError
+
+JAX_COORDINATOR = "GMENN_JAX_COORDINATOR"
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's ``rank`` among ``size`` processes (rank 0 writes the results)."""
+
+    rank: int
+    size: int
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> ProcessGroup:
+        """The group torchrun described in ``RANK`` and ``WORLD_SIZE`` (one process of one when unset)."""
+        environ = os.environ if environ is None else environ
+        try:
+            rank, size = int(environ.get("RANK", "0")), int(environ.get("WORLD_SIZE", "1"))
+        except ValueError as exc:
+            raise DistributedError(f"RANK and WORLD_SIZE must be integers (got RANK={environ.get('RANK')!r}, WORLD_SIZE={environ.get('WORLD_SIZE')!r}).") from exc
+        if size < 1 or not 0 <= rank < size:
+            raise DistributedError(f"RANK={rank} is not a process of WORLD_SIZE={size}: start the processes with torchrun.")
+        return cls(rank, size)
+
+
+def start(group: ProcessGroup, environ: dict[str, str] | None = None) -> None:
+    """Join torch's and JAX's process groups (a group of one needs neither and joins none)."""
+    if group.size == 1:
+        return
+    environ = os.environ if environ is None else environ
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not environ.get(name)]
+    if missing:
+        raise DistributedError(f"{' and '.join(missing)} unset: start the processes with torchrun, which sets them.")
+    import torch
+    import torch.distributed as dist
+
+    from gmenn_formula.estep.runtime import configure_jax
+
+    if not dist.is_initialized():
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo", rank=group.rank, world_size=group.size)
+    configure_jax()
+    import jax
+
+    if not jax.distributed.is_initialized():
+        coordinator = environ.get(JAX_COORDINATOR) or f"{environ['MASTER_ADDR']}:{int(environ['MASTER_PORT']) + 1}"
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=group.size, process_id=group.rank)
+
+
+def gather_objects(value: Any, group: ProcessGroup) -> list[Any]:
+    """Every process's ``value`` (picklable), in rank order."""
+    if group.size == 1:
+        return [value]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * group.size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def sum_arrays(array: np.ndarray, group: ProcessGroup) -> np.ndarray:
+    """The sum over processes of ``array`` (same shape everywhere), in float64."""
+    if group.size == 1:
+        return np.asarray(array, dtype=np.float64)
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float64))
+    dist.all_reduce(tensor)
+    return tensor.numpy()

@@ -1,0 +1,114 @@
+"""One process of a 2-process E-step check, started by torchrun (tests/distributed/test_sharded_estep.py).
+
+Every process builds the same binomial data (2,000 rows, two crossed factors), keeps every
+other row (its shard), and writes to ``OUT/rank{r}.json``: the sharded log density and its
+gradient at a fixed position next to the same on all rows in this one process (no mesh), the
+whitening's Cholesky factors both ways, two chunks of NUTS draws from the sharded sampler, and the
+posterior means of the effects from a sharded EStep beside those from a one-process EStep on all rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gmenn_formula.distributed.group import ProcessGroup, start
+
+group = ProcessGroup.from_environment()
+start(group)
+
+import jax  # noqa: E402  (after start: JAX's backend must start after the distributed runtime)
+import jax.numpy as jnp  # noqa: E402
+
+from gmenn_formula.estep import sampler  # noqa: E402
+from gmenn_formula.estep.arrays import SamplerConfig, TermArrays  # noqa: E402
+from gmenn_formula.estep.driver import EStep  # noqa: E402
+from gmenn_formula.estep.inputs import ModelParams, Structure, model_data  # noqa: E402
+from gmenn_formula.estep.model import compile_structure  # noqa: E402
+from gmenn_formula.estep.precondition import build_whitening  # noqa: E402
+from gmenn_formula.estep.sharded import ShardedKernels, row_mesh  # noqa: E402
+from gmenn_formula.families import get_family  # noqa: E402
+
+rng = np.random.default_rng(0)
+n, levels = 2000, (30, 20)
+family = get_family("binomial")
+codes = [rng.integers(0, q, n).astype(np.int32) for q in levels]
+F = rng.normal(0, 0.5, (n, 1)).astype(np.float32)
+effects = [rng.normal(0, 0.7, q) for q in levels]
+eta = F[:, 0] + sum(b[c] for b, c in zip(effects, codes))
+y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(np.float32)
+trials = np.ones(n, np.float32)
+covariances = [np.full((1, 1, 1), 0.5, np.float32) for _ in levels]
+chol_inverses = tuple(np.linalg.inv(np.linalg.cholesky(S)).astype(np.float32) for S in covariances)
+position = tuple(jnp.asarray(rng.normal(0, 0.5, (q, 1)), jnp.float32) for q in levels)
+
+
+def term_arrays(rows: np.ndarray) -> tuple[TermArrays, ...]:
+    return tuple(TermArrays(c[rows], np.ones((len(rows), 1), np.float32), q) for c, q in zip(codes, levels))
+
+
+def problem(rows: np.ndarray):
+    terms = term_arrays(rows)
+    structure = Structure.of(family, terms, y[rows], trials[rows], 1)
+    params = ModelParams(F=jnp.asarray(F[rows]), chol_inverses=tuple(map(jnp.asarray, chol_inverses)), dispersion=jnp.float32(1.0))
+    return structure, params, model_data(terms, y[rows], trials[rows], np.ones(len(rows), np.float32))
+
+
+everything = np.arange(n)
+structure, params, data = problem(everything)
+model = compile_structure(structure)
+value, gradient = jax.value_and_grad(model.logdensity)(position, params, data)
+precisions = tuple(jnp.asarray(np.linalg.inv(S)) for S in covariances)
+fisher = family.fisher(model.eta(position, params, data), data.trials, params.dispersion, xp=jnp)
+reference_whitening = build_whitening(position, fisher, data.codes, data.Z, precisions)
+
+shard = everything[group.rank :: group.size]
+local_structure, local_params, local_data = problem(shard)
+kernels = ShardedKernels(local_structure, row_mesh())
+global_params = ModelParams(F=kernels.rows(local_params.F), chol_inverses=kernels.replicated(local_params.chol_inverses), dispersion=kernels.replicated(local_params.dispersion))
+global_data = jax.tree.map(kernels.rows, local_data)
+global_position = kernels.replicated(position)
+sharded_value, sharded_gradient = jax.jit(jax.value_and_grad(kernels.logdensity))(global_position, global_params, global_data)
+whitening = kernels.whitening(global_position, global_params, global_data, kernels.replicated(precisions))
+
+config = SamplerConfig(kind="whitened", num_draws=4, burn_in=0, max_tree_depth=5)
+state = kernels.replicated(sampler.init(position, config))
+draws = []
+for key in jax.random.split(jax.random.PRNGKey(7), 2):
+    state, chunk, info = kernels.sample(kernels.replicated(key), state, config, whitening, global_params, global_data)
+    draws.append([np.asarray(d).tolist() for d in chunk])
+
+
+
+
+def posterior_means(estep: EStep, rows: np.ndarray) -> list[list[float]]:
+    """Per term (q,) the mean of 3 epochs of 8 draws given F on ``rows``."""
+    epochs = [estep.draw(F[rows], covariances, 1.0, 8, 0).effects for _ in range(3)]
+    return [np.mean([e[l] for e in epochs], axis=(0, 1)).ravel().tolist() for l in range(len(levels))]
+
+
+chunked = SamplerConfig(kind="whitened", num_draws=4, burn_in=0, max_tree_depth=5)
+sharded_estep = EStep(family, term_arrays(shard), y[shard], trials[shard], np.ones(len(shard), np.float32), 1, chunked, seed=3, mesh=row_mesh())
+whole_estep = EStep(family, term_arrays(everything), y, trials, np.ones(n, np.float32), 1, chunked, seed=3)
+sharded_means, whole_means = posterior_means(sharded_estep, shard), posterior_means(whole_estep, everything)
+
+out = Path(sys.argv[1])
+(out / f"rank{group.rank}.json").write_text(
+    json.dumps(
+        {
+            "rows": len(shard),
+            "value": float(value),
+            "sharded_value": float(sharded_value),
+            "gradient": [np.asarray(g).ravel().tolist() for g in gradient],
+            "sharded_gradient": [np.asarray(g).ravel().tolist() for g in sharded_gradient],
+            "chol": [np.asarray(c).ravel().tolist() for c in reference_whitening.chol],
+            "sharded_chol": [np.asarray(c).ravel().tolist() for c in whitening.chol],
+            "draws": draws,
+            "sharded_means": sharded_means,
+            "whole_means": whole_means,
+        }
+    )
+)
