@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-full bench-engine bench-speed bench-stress bench-lme4 bench-lme4-full r-lme4 clean
+.PHONY: demo test test-slow bench bench-full bench-engine bench-speed bench-stress bench-distributed gpu-check bench-lme4 bench-lme4-full r-lme4 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ r-lme4:
 # Whole-fit speed against Ignore / GPBoost in the same run (benchmarks/speed.py, a few minutes).
 bench-speed: $(BENCH_STAMP)
 	$(PY) benchmarks/speed.py
+
+# The data-parallel E-step on 1 and 2 processes (torchrun, gloo), 10^6 binomial rows (~1.5 minutes on 2 cores).
+bench-distributed: $(STAMP)
+	$(PY) benchmarks/distributed_estep.py
+
+# The GPU path at 100,000 and 10^6 rows (needs a GPU and JAX's CUDA build; exits 2 without one).
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 # 20 consecutive long fits of the scenarios that once hung in XLA (benchmarks/stress_estep.py, ~40 minutes on 2 cores).
 bench-stress: $(STAMP)

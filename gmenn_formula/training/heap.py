@@ -52,14 +52,23 @@ def heap_bytes() -> tuple[int, int] | None:
     return int(info.uordblks), int(info.fordblks)
 
 
+def piled_up(used: int, free: int) -> bool:
+    """Whether a heap with ``used`` and ``free`` bytes holds enough free memory to give back:
+    more than MAX_FREE_SHARE times the used, and more than MIN_FREE_BYTES."""
+    return free > max(MAX_FREE_SHARE * used, MIN_FREE_BYTES)
+
+
+def trim_heap() -> None:
+    """Give all of the heap's free memory back to the operating system (glibc only; else nothing)."""
+    functions = _glibc()
+    if functions is not None:
+        functions[1](0)
+
+
 def release_free_heap() -> bool:
-    """Give the heap's free memory back to the operating system when it exceeds MAX_FREE_SHARE
-    times the memory in use and MIN_FREE_BYTES; whether it did (glibc only; else False)."""
+    """:func:`trim_heap` when the heap has :func:`piled_up` free memory; whether it did."""
     sizes = heap_bytes()
-    if sizes is None:
+    if sizes is None or not piled_up(*sizes):
         return False
-    used, free = sizes
-    if free <= max(MAX_FREE_SHARE * used, MIN_FREE_BYTES):
-        return False
-    _glibc()[1](0)
+    trim_heap()
     return True

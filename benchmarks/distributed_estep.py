@@ -1,0 +1,155 @@
+"""The data-parallel E-step on P = 1, 2, ... processes: seconds per epoch and memory per process.
+
+Writes a binomial GLMM's rows (three crossed factors) as Parquet files, then for each P runs
+``torchrun --nproc-per-node P`` of this script's worker: each process reads only its files,
+agrees the encodings with the others (:func:`~gmenn_formula.distributed.design.agreed_design`),
+and draws E-step epochs on its shard with one NUTS chain shared by all processes
+(:class:`~gmenn_formula.estep.driver.EStep` with a mesh; P = 1: the one-process E-step). Prints
+a table (the median epoch's seconds after a compiling first epoch, leapfrog steps, per-process peak
+resident memory, the bytes each process sends per epoch) and writes it to ``--out``.
+
+    python benchmarks/distributed_estep.py --rows 1000000 --levels 100000 --processes 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+FORMULA = "y ~ x0 + (1 | g0) + (1 | g1) + (1 | g2)"
+FILES = 4
+"""Parquet files written (each process reads FILES / P of them)."""
+
+
+def _write_data(rows: int, levels: int, folder: Path) -> None:
+    from gmenn_formula.simulation import paper_scenario
+
+    sim = paper_scenario(rows=rows, features=1, levels=(levels,) * 3, variances=(0.5, 0.3, 0.2), family="binomial", nonlinear=False, rows_per_level=rows / levels, seed=0)
+    for part, index in enumerate(np.array_split(np.arange(rows), FILES)):
+        sim.data.iloc[index].to_parquet(folder / f"part{part}.parquet")
+
+
+def worker(folder: str, out: str, epochs: int, draws: int) -> None:
+    """One process: its shard, the shared encodings, ``epochs`` E-step epochs of ``draws`` draws."""
+    from gmenn_formula.distributed.design import agreed_design
+    from gmenn_formula.distributed.group import ProcessGroup, start
+    from gmenn_formula.distributed.shards import read_shard, shard_files
+
+    group = ProcessGroup.from_environment()
+    start(group)
+    import jax
+
+    from gmenn_formula.estep.arrays import SamplerConfig, TermArrays
+    from gmenn_formula.estep.driver import EStep
+    from gmenn_formula.estep.sharded import row_mesh
+
+    design = agreed_design(FORMULA, read_shard(shard_files(folder, group)), "binomial", group)
+    terms = tuple(TermArrays(t.codes.astype(np.int32), t.Z.astype(np.float32), t.num_levels) for t in design.random)
+    n = len(design.response.y)
+    config = SamplerConfig(kind="whitened", num_draws=draws, burn_in=0, max_tree_depth=5)
+    mesh = row_mesh() if group.size > 1 else None
+    estep = EStep(design.spec.family, terms, design.response.y.astype(np.float32), design.response.trials.astype(np.float32), np.ones(n, np.float32), 1, config, seed=0, mesh=mesh)
+    F = np.zeros((n, 1), np.float32)
+    covariances = [np.full((1, 1, 1), v) for v in (0.5, 0.3, 0.2)]
+    seconds, steps = [], []
+    for _ in range(epochs + 1):
+        started = time.perf_counter()
+        drawn = estep.draw(F, covariances, 1.0, draws, 0)
+        seconds.append(time.perf_counter() - started)
+        steps.append(float(drawn.info.mean_leapfrog_steps) * draws)
+    effects = sum(t.num_levels for t in terms)
+    record = {
+        "rank": group.rank,
+        "processes": group.size,
+        "rows": n,
+        "levels": effects,
+        "first_epoch_s": seconds[0],
+        "epoch_s": float(np.median(seconds[1:])),
+        "leapfrog_steps": float(np.mean(steps[1:])),
+        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "devices": len(jax.devices()),
+    }
+    Path(out, f"P{group.size}_rank{group.rank}.json").write_text(json.dumps(record))
+
+
+def _run(processes: int, folder: Path, out: Path, epochs: int, draws: int) -> list[dict]:
+    import socket
+
+    def port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    env = {**os.environ, "GMENN_JAX_COORDINATOR": f"127.0.0.1:{port()}"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-addr", "127.0.0.1",
+               "--master-port", str(port()), str(Path(__file__).resolve()), "--worker", str(folder), str(out), str(epochs), str(draws)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"P={processes} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return [json.loads(Path(out, f"P{processes}_rank{r}.json").read_text()) for r in range(processes)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--levels", type=int, default=100_000)
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument("--out", default=str(HERE / "results" / "distributed_estep.md"))
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        folder, out, epochs, draws = args.worker
+        worker(folder, out, int(epochs), int(draws))
+        return
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, out = Path(tmp, "data"), Path(tmp, "out")
+        folder.mkdir()
+        out.mkdir()
+        _write_data(args.rows, args.levels, folder)
+        results = {p: _run(p, folder, out, args.epochs, args.draws) for p in args.processes}
+    base = results[args.processes[0]][0]["epoch_s"]
+    lines = [
+        "# The data-parallel E-step: P processes on one machine",
+        "",
+        f"Written by `python benchmarks/distributed_estep.py --rows {args.rows} --levels {args.levels} --processes {' '.join(map(str, args.processes))} "
+        f"--epochs {args.epochs} --draws {args.draws}` ({(time.perf_counter() - started) / 60:.1f} minutes), "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores, {platform.platform()}.",
+        f"Model `{FORMULA}` (binomial), {args.rows:,} rows, three crossed factors of {args.levels:,} levels; each process reads "
+        f"{FILES} / P of {FILES} Parquet files. An epoch: {args.draws} NUTS draws (depth 5) of all {3 * args.levels:,} effects, "
+        "median over the epochs after a first one that compiles. Bytes sent per process and epoch: leapfrog steps x (effects + 1) x 4 bytes, twice "
+        "(gloo's ring all-reduce sends and receives about twice the vector per process).",
+        "",
+        "| processes | rows per process | epoch s | x P=1 | first epoch s | leapfrog steps per epoch | peak GB per process | MB sent per process per epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p, ranks in results.items():
+        r0 = ranks[0]
+        sent = 0.0 if p == 1 else 2 * r0["leapfrog_steps"] * (r0["levels"] + 1) * 4 / 2**20
+        rows = ", ".join(f"{r['rows']:,}" for r in ranks)
+        peaks = ", ".join(f"{r['peak_gb']:.2f}" for r in ranks)
+        lines.append(
+            f"| {p} | {rows} | {r0['epoch_s']:.2f} | {r0['epoch_s'] / base:.2f} | {r0['first_epoch_s']:.1f} | "
+            f"{r0['leapfrog_steps']:.0f} | {peaks} | {sent:.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
