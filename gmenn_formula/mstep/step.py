@@ -312,6 +312,22 @@ def _damped_step(
     return None
 
 
+MAX_EXPANSION_STEP = 0.5
+"""Largest growth of an entry of a working parameter A in one epoch (a variance grows by at most a
+factor 2.25 = 1.5^2; shrinking is not limited, which is how PX-EM reaches a boundary variance fast).
+Where the likelihood hardly depends on a term's effects (a class seen in a few rows of a level) A's
+Hessian is ~0 and the Newton step unbounded, while the line search only asks the objective not to
+rise: 100 classes on 4,000 rows, a 10-level factor's class variance went .7 -> 22 -> 139 -> ... ->
+415,631 over the last training epochs."""
+
+
+def _expansion_share(direction: torch.Tensor) -> float:
+    """The largest share (at most 1) of the step A = I - direction (flat) by which no entry of A
+    grows by more than MAX_EXPANSION_STEP."""
+    growth = float((-direction).max())
+    return min(1.0, MAX_EXPANSION_STEP / growth) if growth > 0 else 1.0
+
+
 def expansion_maps(
     family: Family, eta_fixed: torch.Tensor, effects: tuple[torch.Tensor, ...], rows: Rows, dispersion: float
 ) -> tuple[torch.Tensor, ...]:
@@ -320,8 +336,8 @@ def expansion_maps(
 
     The expanded model writes each level's effects as A b: the A's are fitted to
     the draws by one damped Newton step from the identity on the expected NLL of
-    y given F + sum_l Z_l (A_l B_l)[codes] (per-class Hessian blocks; float64),
-    and the reduction maps the draws' second moments S to A S A^T. The fixed
+    y given F + sum_l Z_l (A_l B_l)[codes] (per-class Hessian blocks; float64; no
+    entry growing by more than MAX_EXPANSION_STEP), and the reduction maps the draws' second moments S to A S A^T. The fixed
     point is EM's, but a variance the data do not support (at the boundary, 0)
     is reached in a few epochs instead of shrinking geometrically, and the
     covariance of correlated slopes moves at the speed of the variances.
@@ -352,6 +368,7 @@ def expansion_maps(
     ridge = 1e-8 * (1.0 + hessian.diagonal(dim1=1, dim2=2).abs().mean())
     hessian = hessian + ridge * torch.eye(P, dtype=U.dtype, device=U.device)
     direction = torch.linalg.solve(hessian, gradient.T.unsqueeze(-1))[..., 0].T.reshape(-1)
+    direction = direction * _expansion_share(direction)
     accepted = _damped_step(objective, identity, float(nll_at_identity.detach()) / m, direction)
     flat = (accepted[0] if accepted is not None else identity).reshape(P, c).float()
     blocks = torch.split(flat, [p * p for p in sizes], dim=0)

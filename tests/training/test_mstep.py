@@ -11,9 +11,11 @@ from gmenn_formula.errors import ControlError
 from gmenn_formula.families import get_family
 from gmenn_formula.mstep.networks import FixedPart, mlp
 from gmenn_formula.mstep.step import (
+    MAX_EXPANSION_STEP,
     DrawOffsets,
     Rows,
     expand_effects,
+    expansion_maps,
     expand_second_moments,
     expected_nll,
     random_part,
@@ -80,6 +82,20 @@ def test_parameter_expansion_reaches_a_boundary_variance_in_few_epochs():
     assert em_epochs[0] < 60
     assert expanded.covariances[0][0, 0, 0] < 0.005 and plain.covariances[0][0, 0, 0] > 3 * expanded.covariances[0][0, 0, 0]
     assert abs(expanded.covariances[1][0, 0, 0] - sim.effects[1].var()) < 0.1
+
+
+def test_an_expansion_the_likelihood_hardly_constrains_moves_at_most_its_step():
+    """A class never observed (class 2 of 3 is absent from y): its effects hardly change the likelihood,
+    so the Newton step on its working parameter is unbounded; no entry of A grows by more than
+    MAX_EXPANSION_STEP."""
+    rows, effects = _rows(n=60, c=3)
+    rows = Rows(rows.X_networks, rows.X_fixed, rows.offset, rows.y.clamp(max=1), rows.trials, rows.codes, rows.Z)
+    effects = tuple(B.clone() for B in effects)
+    effects[0][..., 2] *= 1e-3  # class 2's effects of the first term: almost no say in the likelihood
+    maps = expansion_maps(get_family("categorical"), torch.zeros(60, 3), effects, rows, 1.0)
+    for A in maps:
+        identity = torch.eye(A.shape[0])[..., None].expand_as(A)
+        assert float((A - identity).max()) <= MAX_EXPANSION_STEP + 1e-6
 
 
 def test_burn_in_must_leave_a_kept_training_draw():
