@@ -92,3 +92,14 @@ def sum_arrays(array: np.ndarray, group: ProcessGroup) -> np.ndarray:
     tensor = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float64))
     dist.all_reduce(tensor)
     return tensor.numpy()
+
+
+def sum_tensors(local: "torch.Tensor") -> "torch.Tensor":
+    """The sum over the processes of torch's group of ``local`` (same shape everywhere; a new tensor,
+    on ``local``'s device and in its dtype): what :class:`~gmenn_formula.mstep.step.Rows` sums
+    row statistics with in a data-parallel fit."""
+    import torch.distributed as dist
+
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return total

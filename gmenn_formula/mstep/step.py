@@ -17,9 +17,18 @@ from gmenn_formula.families import Family
 from gmenn_formula.mstep.networks import FixedPart
 
 
+def _held_here(total: torch.Tensor) -> torch.Tensor:
+    return total
+
+
 @dataclass(frozen=True)
 class Rows:
-    """Torch arrays of a set of rows: inputs of the fixed part, response, random-effect columns."""
+    """Torch arrays of a set of rows: inputs of the fixed part, response, random-effect columns.
+
+    ``over_shards`` turns a sum over these rows into the sum over every process's rows of a
+    data-parallel fit (an all-reduce; :func:`~gmenn_formula.distributed.group.sum_tensors`), the
+    identity when these rows are all the rows; every M-step statistic that sums over rows passes
+    through it. A subset (:meth:`take`, a minibatch) sums over its own rows only."""
 
     X_networks: tuple[torch.Tensor, ...]
     X_fixed: torch.Tensor
@@ -28,9 +37,19 @@ class Rows:
     trials: torch.Tensor
     codes: tuple[torch.Tensor, ...]
     Z: tuple[torch.Tensor, ...]
+    over_shards: Callable[[torch.Tensor], torch.Tensor] = _held_here
 
     def __len__(self) -> int:
         return self.y.shape[0]
+
+    def total(self, local: torch.Tensor) -> torch.Tensor:
+        """``local``, a sum over these rows, summed over every shard's rows."""
+        return self.over_shards(local)
+
+    @property
+    def num_total(self) -> int:
+        """The rows of every shard."""
+        return int(self.total(torch.tensor(float(len(self)), dtype=torch.float64)))
 
     def take(self, index: torch.Tensor) -> Rows:
         """The rows at positions ``index`` (b,) long, in that order."""
@@ -245,7 +264,7 @@ def newton_fixed_effects(
         return ((X @ flat.reshape(k, c) + offset[:, None]).unsqueeze(0) + re).reshape(-1, c)
 
     def objective(flat: torch.Tensor) -> float:
-        return float(family.torch_nll(linear(flat), y, trials, dispersion).sum()) / m
+        return float(rows.total(family.torch_nll(linear(flat), y, trials, dispersion).sum())) / m
 
     current = beta.detach().double().reshape(-1).clone()
     value = objective(current)
@@ -253,8 +272,8 @@ def newton_fixed_effects(
         g_eta, h_eta = row_derivatives(family, linear(current), y, trials, dispersion)
         g_eta = g_eta.reshape(m, -1, c).mean(0)
         h_eta = h_eta.reshape(m, -1, c, c).mean(0)
-        gradient = (X.T @ g_eta).reshape(-1)
-        hessian = torch.einsum("ni,nab,nj->iajb", X, h_eta, X).reshape(k * c, k * c)
+        gradient = rows.total((X.T @ g_eta).reshape(-1))
+        hessian = rows.total(torch.einsum("ni,nab,nj->iajb", X, h_eta, X).reshape(k * c, k * c))
         ridge = 1e-8 * (1.0 + hessian.diagonal().abs().mean()) * torch.eye(k * c, dtype=hessian.dtype)
         direction = torch.linalg.solve(hessian + ridge, gradient)
         decrement = float(gradient @ direction)
@@ -269,7 +288,7 @@ def newton_fixed_effects(
         current, value = accepted
     with torch.no_grad():
         beta.copy_(current.reshape(k, c).to(beta.dtype))
-    return value / len(rows)
+    return value / rows.num_total
 
 
 def intercept_shift(family: Family, eta: torch.Tensor, rows: Rows, steps: int = 25) -> torch.Tensor:
@@ -279,13 +298,13 @@ def intercept_shift(family: Family, eta: torch.Tensor, rows: Rows, steps: int = 
     eta = eta.detach().double()
 
     def objective(delta: torch.Tensor) -> float:
-        return float(family.torch_nll(eta + delta, rows.y, rows.trials, 1.0).sum())
+        return float(rows.total(family.torch_nll(eta + delta, rows.y, rows.trials, 1.0).sum()))
 
     delta = torch.zeros(eta.shape[1], dtype=eta.dtype, device=eta.device)
     value = objective(delta)
     for _ in range(steps):
         g_eta, h_eta = row_derivatives(family, eta + delta, rows.y, rows.trials, 1.0)
-        gradient, hessian = g_eta.sum(0), h_eta.sum(0)
+        gradient, hessian = rows.total(g_eta.sum(0)), rows.total(h_eta.sum(0))
         ridge = 1e-8 * (1.0 + hessian.diagonal().abs().mean()) * torch.eye(len(delta), dtype=hessian.dtype, device=hessian.device)
         direction = torch.linalg.solve(hessian + ridge, gradient)
         if _converged(gradient, direction, value):
@@ -354,7 +373,7 @@ def expansion_maps(
         return (base + torch.einsum("mnpc,pc->mnc", U, flat.reshape(P, c))).reshape(m * n, c)
 
     def objective(flat: torch.Tensor) -> float:
-        return float(family.torch_nll(eta(flat), y, trials, dispersion).sum()) / m
+        return float(rows.total(family.torch_nll(eta(flat), y, trials, dispersion).sum())) / m
 
     sizes = [B.shape[2] for B in effects]
     identity = torch.cat([torch.eye(p, dtype=U.dtype, device=U.device).reshape(p * p, 1).expand(p * p, c) for p in sizes])
@@ -363,13 +382,13 @@ def expansion_maps(
     nll_at_identity = family.torch_nll(at_identity, y, trials, dispersion).sum()
     g = torch.autograd.grad(nll_at_identity, at_identity)[0]
     w = family.torch_fisher_diagonal(at_identity.detach(), trials, dispersion)
-    gradient = torch.einsum("mnpc,mnc->pc", U, g.reshape(m, n, c))
-    hessian = torch.einsum("mnpc,mnc,mnqc->cpq", U, w.reshape(m, n, c), U)
+    gradient = rows.total(torch.einsum("mnpc,mnc->pc", U, g.reshape(m, n, c)))
+    hessian = rows.total(torch.einsum("mnpc,mnc,mnqc->cpq", U, w.reshape(m, n, c), U))
     ridge = 1e-8 * (1.0 + hessian.diagonal(dim1=1, dim2=2).abs().mean())
     hessian = hessian + ridge * torch.eye(P, dtype=U.dtype, device=U.device)
     direction = torch.linalg.solve(hessian, gradient.T.unsqueeze(-1))[..., 0].T.reshape(-1)
     direction = direction * _expansion_share(direction)
-    accepted = _damped_step(objective, identity, float(nll_at_identity.detach()) / m, direction)
+    accepted = _damped_step(objective, identity, float(rows.total(nll_at_identity.detach())) / m, direction)
     flat = (accepted[0] if accepted is not None else identity).reshape(P, c).float()
     blocks = torch.split(flat, [p * p for p in sizes], dim=0)
     return tuple(block.reshape(p, p, c) for block, p in zip(blocks, sizes))
@@ -394,7 +413,7 @@ def variance_statistics(effects: torch.Tensor) -> torch.Tensor:
 def residual_variance(eta_fixed: torch.Tensor, re: torch.Tensor, rows: Rows) -> float:
     """Gaussian M-step: mean over draws and rows of (y - eta)^2."""
     residual = rows.y.unsqueeze(0) - (eta_fixed.unsqueeze(0) + re)[..., 0]
-    return float((residual**2).mean())
+    return float(rows.total((residual.double() ** 2).mean(0).sum())) / rows.num_total
 
 
 @dataclass(frozen=True)
