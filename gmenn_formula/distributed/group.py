@@ -94,6 +94,11 @@ def sum_arrays(array: np.ndarray, group: ProcessGroup) -> np.ndarray:
     return tensor.numpy()
 
 
+def single_shard(local: "torch.Tensor") -> "torch.Tensor":
+    """The sum over every shard when this process holds all the rows: ``local`` itself."""
+    return local
+
+
 def sum_tensors(local: "torch.Tensor") -> "torch.Tensor":
     """The sum over the processes of torch's group of ``local`` (same shape everywhere; a new tensor,
     on ``local``'s device and in its dtype): what :class:`~gmenn_formula.mstep.step.Rows` sums

@@ -15,9 +15,12 @@ Shapes: n rows, term l with q_l levels and p_l coefficients, one output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
+from gmenn_formula.distributed.group import single_shard
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, SamplerConfig, TermArrays
 
@@ -30,11 +33,22 @@ class GaussianEStep:
 
     ``terms``: per term codes (n,), Z (n, p), q; ``y`` (n,); ``weights`` (n,): 1 for the
     rows the draws condition on, 0 for held-out rows; ``seed`` seeds the draws;
-    ``device`` where they are computed.
+    ``device`` where they are computed. ``over_shards`` sums the per-level sums over every
+    process's rows in a data-parallel fit (an all-reduce; the rows given are this process's
+    shard, and every process draws the same effects from the same seed); the identity otherwise.
     """
 
-    def __init__(self, terms: tuple[TermArrays, ...], y: np.ndarray, weights: np.ndarray, seed: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        terms: tuple[TermArrays, ...],
+        y: np.ndarray,
+        weights: np.ndarray,
+        seed: int,
+        device: torch.device,
+        over_shards: Callable[[torch.Tensor], torch.Tensor] = single_shard,
+    ) -> None:
         self.device = device
+        self.over_shards = over_shards
         self.y = torch.as_tensor(y, dtype=torch.float64, device=device)
         self.codes = tuple(torch.as_tensor(t.codes, dtype=torch.long, device=device) for t in terms)
         self.Z = tuple(torch.as_tensor(t.Z, dtype=torch.float64, device=device) for t in terms)
@@ -47,7 +61,7 @@ class GaussianEStep:
         """Row weights (n,) of the following draws; the per-level Z'WZ are summed once here."""
         self.weights = torch.as_tensor(weights, dtype=torch.float64, device=self.device)
         self.ZtWZ = tuple(
-            torch.zeros(q, p, p, dtype=torch.float64, device=self.device).index_add_(0, codes, self.weights[:, None, None] * Z[:, :, None] * Z[:, None, :])
+            self.over_shards(torch.zeros(q, p, p, dtype=torch.float64, device=self.device).index_add_(0, codes, self.weights[:, None, None] * Z[:, :, None] * Z[:, None, :]))
             for (q, p, _), codes, Z in zip(self.shapes, self.codes, self.Z)
         )
 
@@ -86,7 +100,7 @@ class GaussianEStep:
     def _conditional_draw(self, l: int, rest: torch.Tensor, L: torch.Tensor, dispersion: float) -> torch.Tensor:
         """One draw (q, p) of term l given the residual ``rest`` (n,) of everything else."""
         q, p, _ = self.shapes[l]
-        Ztr = torch.zeros(q, p, dtype=torch.float64, device=self.device).index_add_(0, self.codes[l], (self.weights * rest)[:, None] * self.Z[l])
+        Ztr = self.over_shards(torch.zeros(q, p, dtype=torch.float64, device=self.device).index_add_(0, self.codes[l], (self.weights * rest)[:, None] * self.Z[l]))
         mean = torch.cholesky_solve((Ztr / dispersion)[..., None], L)[..., 0]
         z = torch.randn(q, p, 1, dtype=torch.float64, device=self.device, generator=self.generator)
         return mean + torch.linalg.solve_triangular(L.transpose(1, 2), z, upper=True)[..., 0]

@@ -13,12 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gmenn_formula.distributed.group import single_shard
 from gmenn_formula.families import Family
 from gmenn_formula.mstep.networks import FixedPart
-
-
-def _held_here(total: torch.Tensor) -> torch.Tensor:
-    return total
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,7 @@ class Rows:
     trials: torch.Tensor
     codes: tuple[torch.Tensor, ...]
     Z: tuple[torch.Tensor, ...]
-    over_shards: Callable[[torch.Tensor], torch.Tensor] = _held_here
+    over_shards: Callable[[torch.Tensor], torch.Tensor] = single_shard
 
     def __len__(self) -> int:
         return self.y.shape[0]
@@ -441,11 +438,11 @@ class GaussianConditionals:
             m, q, p, _ = B.shape
             Z = Z.double()
             rest = rest_all + torch.einsum("bp,mbp->mb", Z, B[:, codes, :, 0].double())
-            ZtZ = torch.zeros(q, p, p, dtype=Z.dtype, device=Z.device).index_add_(0, codes, Z[:, :, None] * Z[:, None, :])
+            ZtZ = rows.total(torch.zeros(q, p, p, dtype=Z.dtype, device=Z.device).index_add_(0, codes, Z[:, :, None] * Z[:, None, :]))
             # scatter_add_ along the rows: 0.006 s at 10^6 rows, where index_add_ along dim 1 took 0.095 s.
-            Ztr = torch.zeros(m, q, p, dtype=Z.dtype, device=Z.device).scatter_add_(
+            Ztr = rows.total(torch.zeros(m, q, p, dtype=Z.dtype, device=Z.device).scatter_add_(
                 1, codes[None, :, None].expand(m, -1, p), rest[:, :, None] * Z[None]
-            )
+            ))
             V = torch.linalg.inv(torch.linalg.inv(Sigma[0].double()) + ZtZ / dispersion)
             means.append(torch.einsum("qij,mqj->mqi", V, Ztr) / dispersion)
             variances.append(V)
@@ -466,8 +463,8 @@ class GaussianConditionals:
         estimates = []
         for l, (mean, V, ZtZ, rest) in enumerate(zip(self.means, self.variances, self.ZtZ, self.rest)):
             fitted = torch.einsum("bp,mbp->mb", rows.Z[l].double(), mean[:, rows.codes[l]])
-            squares = ((rest - fitted) ** 2).sum(1).mean() + torch.einsum("qij,qji->", ZtZ, V)
-            estimates.append(float(squares) / len(rows))
+            squares = rows.total(((rest - fitted) ** 2).sum(1).mean()) + torch.einsum("qij,qji->", ZtZ, V)
+            estimates.append(float(squares) / rows.num_total)
         return float(np.mean(estimates))
 
     def effects_with_last_mean(self, effects: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

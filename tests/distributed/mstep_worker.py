@@ -2,7 +2,8 @@
 
 Every process builds the same data (600 rows, two grouping factors, draws of their effects), keeps
 every other row, and writes ``OUT/rank{r}.json``: each M-step function on its shard with row sums
-all-reduced (``Rows(over_shards=sum_tensors)``) beside the same on all rows in this process.
+all-reduced (``Rows(over_shards=sum_tensors)``, ``GaussianEStep(over_shards=sum_tensors)``) beside
+the same on all rows in this process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from gmenn_formula.distributed.group import ProcessGroup, start, sum_tensors
 from gmenn_formula.families import get_family
 from gmenn_formula.mstep.networks import FixedPart
-from gmenn_formula.mstep.step import Rows, expansion_maps, intercept_shift, newton_fixed_effects, random_part, residual_variance
+from gmenn_formula.estep.arrays import TermArrays
+from gmenn_formula.estep.gaussian import GaussianEStep
+from gmenn_formula.mstep.step import GaussianConditionals, Rows, expansion_maps, intercept_shift, newton_fixed_effects, random_part, residual_variance
 
 group = ProcessGroup.from_environment()
 start(group)
@@ -48,6 +51,14 @@ def results(index: torch.Tensor, sharded: bool) -> dict:
     single = tuple(B[..., :1] for B in effects)
     out["residual"] = residual_variance(torch.zeros(len(index), 1), random_part(single, G), G)
     out["gauss_maps"] = [A.double().ravel().tolist() for A in expansion_maps(gaussian, torch.zeros(len(index), 1), single, G, 1.0)]
+    covariances = [torch.eye(B.shape[2])[None] * 0.4 for B in single]
+    conditionals = GaussianConditionals.of(single, G, torch.zeros(len(index), 1), covariances, 1.0)
+    out["conditional_moments"] = [S.ravel().tolist() for S in conditionals.second_moments()]
+    out["conditional_residual"] = conditionals.residual_variance(G)
+    terms = tuple(TermArrays(k[index].numpy(), z[index].numpy(), q) for k, z, q in zip(codes, Z, levels))
+    estep = GaussianEStep(terms, y_gauss[index].numpy(), torch.ones(len(index)).numpy(), 5, torch.device("cpu"), **({"over_shards": sum_tensors} if sharded else {}))
+    drawn = estep.draw(torch.zeros(len(index), 1).numpy(), [S.numpy() for S in covariances], 1.0, 3, 1)
+    out["exact_draws"] = [B.ravel().tolist() for B in drawn.effects]
     return out
 
 
