@@ -23,6 +23,7 @@ from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
 from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
 from gmenn_formula.estep.kernels import model_kernels
 from gmenn_formula.estep.precondition import BlockWhitening
+from gmenn_formula.estep.sharded import padded
 from gmenn_formula.families import Family
 
 VARIANCE_FLOOR = 1e-8
@@ -62,7 +63,8 @@ class EStep:
     phase share one compilation (~2-3 s of XLA on 2 CPU cores for the base scenario).
     ``mesh``: the rows are sharded over the processes of a data-parallel fit
     (:mod:`~gmenn_formula.estep.sharded`): the row arrays given and ``F`` are this process's
-    shard, and every process draws the same chain; None: one process holds every row.
+    shard (padded inside to the largest shard with weight-0 rows), and every process draws the
+    same chain; None: one process holds every row.
     """
 
     def __init__(
@@ -81,6 +83,13 @@ class EStep:
             raise ControlError("EStep drops the burn-in draws itself: pass a SamplerConfig with burn_in=0.")
         self.family = family
         self.config = config
+        self.num_rows = self.padded_rows = len(y)
+        if mesh is not None:  # shards of equal size: this one padded with weight-0 rows
+            from gmenn_formula.estep.sharded import largest_shard
+
+            self.padded_rows = size = largest_shard(len(y))
+            terms = tuple(TermArrays(padded(t.codes, size), padded(t.Z, size), t.num_levels) for t in terms)
+            y, trials, weights = padded(y, size, y[0]), padded(trials, size, 1), padded(weights, size)
         structure = Structure.of(family, terms, y, trials, num_outputs)
         if mesh is None:
             self.kernels = model_kernels(structure)
@@ -102,6 +111,10 @@ class EStep:
         self.key = jax.random.PRNGKey(seed)
         self.rng = np.random.default_rng(seed)
 
+    def _padded(self, array: np.ndarray) -> np.ndarray:
+        """A per-row ``array`` (n, ...) of this process's rows with zero rows up to the padded shard size."""
+        return array if self.padded_rows == self.num_rows else padded(array, self.padded_rows)
+
     @property
     def chunk(self) -> int:
         """The compiled number of draws: an epoch's K must be a multiple of it."""
@@ -117,7 +130,7 @@ class EStep:
     def set_weights(self, weights: np.ndarray) -> None:
         """Row weights (n,) of the following draws, e.g. all ones for a network fit's final phase;
         the chain, its step size and the compiled functions carry on."""
-        self.data = self.data._replace(weights=self.rows(np.asarray(weights, np.float32)))
+        self.data = self.data._replace(weights=self.rows(self._padded(np.asarray(weights, np.float32))))
 
     def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
         """One epoch of ``num_draws`` (K) draws, the first ``burn_in`` (R) dropped, given F (n, c)
@@ -127,7 +140,7 @@ class EStep:
             raise ControlError(f"An E-step compiled for chunks of {chunk} draws cannot make K={num_draws}, R={burn_in}.")
         floored = [_floored(S) for S in covariances]
         params = ModelParams(
-            F=self.rows(np.asarray(F, np.float32)),
+            F=self.rows(self._padded(np.asarray(F, np.float32))),
             chol_inverses=self.replicated(tuple(np.linalg.inv(np.linalg.cholesky(S)).astype(np.float32) for S in floored)),
             dispersion=self.replicated(np.float32(dispersion)),
         )

@@ -1,6 +1,7 @@
 """The E-step's functions for a data-parallel fit: rows sharded over processes, effects replicated.
 
-Every process holds its own rows (the same count in each: shards are padded with weight-0 rows)
+Every process holds its own rows (the same count in each: shards are padded with weight-0 rows,
+:func:`padded`)
 and runs the same compiled functions on a mesh of one device per process (:func:`row_mesh`). The
 log density is the effects' prior, which every process computes alike from the replicated
 effects, plus the sum over processes (``psum``) of each shard's weighted log-likelihood; its
@@ -36,6 +37,22 @@ ROWS = "rows"
 """The mesh axis the rows are sharded along."""
 _PARAMS = ModelParams(F=PartitionSpec(ROWS), chol_inverses=PartitionSpec(), dispersion=PartitionSpec())
 _DATA = ModelData(*(PartitionSpec(ROWS),) * len(ModelData._fields))
+
+
+def largest_shard(rows: int) -> int:
+    """The most rows any process holds, given this process's ``rows`` (every process must call it)."""
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.array([rows], np.int64))))
+
+
+def padded(array: np.ndarray, size: int, fill: float = 0) -> np.ndarray:
+    """``array`` (n, ...) with rows of ``fill`` appended up to ``size`` rows: shards of unequal
+    size become equal ones, the added rows given weight 0 (they then add nothing to the likelihood
+    nor to the whitening's information)."""
+    array = np.asarray(array)
+    extra = np.full((size - len(array), *array.shape[1:]), fill, dtype=array.dtype)
+    return np.concatenate([array, extra])
 
 
 def row_mesh() -> Mesh:

@@ -94,6 +94,9 @@ chunked = SamplerConfig(kind="whitened", num_draws=4, burn_in=0, max_tree_depth=
 sharded_estep = EStep(family, term_arrays(shard), y[shard], trials[shard], np.ones(len(shard), np.float32), 1, chunked, seed=3, mesh=row_mesh())
 whole_estep = EStep(family, term_arrays(everything), y, trials, np.ones(n, np.float32), 1, chunked, seed=3)
 sharded_means, whole_means = posterior_means(sharded_estep, shard), posterior_means(whole_estep, everything)
+uneven = everything[:1100] if group.rank == 0 else everything[1100:]  # 1,100 and 900 rows: padded to 1,100
+uneven_estep = EStep(family, term_arrays(uneven), y[uneven], trials[uneven], np.ones(len(uneven), np.float32), 1, chunked, seed=3, mesh=row_mesh())
+uneven_means = posterior_means(uneven_estep, uneven)
 
 out = Path(sys.argv[1])
 (out / f"rank{group.rank}.json").write_text(
@@ -109,6 +112,7 @@ out = Path(sys.argv[1])
             "draws": draws,
             "sharded_means": sharded_means,
             "whole_means": whole_means,
+            "uneven_means": uneven_means,
         }
     )
 )

@@ -50,3 +50,13 @@ def test_a_sharded_estep_draws_what_one_process_draws_on_all_rows(ranks):
     whole = np.concatenate(ranks[0]["whole_means"])
     assert np.corrcoef(sharded, whole)[0, 1] > 0.9
     assert np.abs(sharded - whole).mean() < 0.15
+
+
+def test_shards_of_unequal_size_are_padded_and_draw_the_same(ranks):
+    """Shards of 1,100 and 900 rows (the smaller padded with weight-0 rows): the same draws in both
+    processes, within Monte Carlo noise of one process on all rows."""
+    assert ranks[0]["uneven_means"] == ranks[1]["uneven_means"]
+    uneven = np.concatenate(ranks[0]["uneven_means"])
+    whole = np.concatenate(ranks[0]["whole_means"])
+    assert np.corrcoef(uneven, whole)[0, 1] > 0.9
+    assert np.abs(uneven - whole).mean() < 0.15
