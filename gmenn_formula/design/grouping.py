@@ -103,3 +103,21 @@ class GroupingFactor:
         else:
             keys = pd.Index(data[self.columns[0]])
         return self.levels.get_indexer(keys).astype(np.int32)
+
+
+def nesting(inner: np.ndarray, outer: np.ndarray, num_inner: int) -> np.ndarray | None:
+    """(q_inner,) the outer level of each inner level, from the two factors' codes (n,) on the
+    same rows; None when an inner level meets several outer levels (the factors are not nested)."""
+    first = np.full(num_inner, -1)
+    first[inner[::-1]] = outer[::-1]
+    return first if np.array_equal(first[inner], outer) else None
+
+
+def nested_units(codes: list[np.ndarray], num_levels: list[int]) -> tuple[int, list[np.ndarray]] | None:
+    """The factor every other nests in (the one with the fewest levels that they all nest in), as
+    (its index, per factor the (q_l,) unit of each level), or None when there is none."""
+    for top in sorted(range(len(codes)), key=lambda l: num_levels[l]):
+        maps = [nesting(c, codes[top], q) for c, q in zip(codes, num_levels)]
+        if all(m is not None for m in maps):
+            return top, maps
+    return None

@@ -23,10 +23,14 @@ Estimators (``method="auto"`` takes the first that applies):
   level, a Cholesky of the others' Schur complement). With one grouping factor the matrix is
   block diagonal, one block per level, so this is exact at any size; with
   crossed factors it is used up to ``EXACT_MAX_EFFECTS`` effects in all.
-- per-level importance sampling (every random term on ONE grouping factor,
-  non-gaussian families): the likelihood is a product over levels, so each
-  level's integral is estimated on its own and the log-means add up. Accurate:
-  the Monte Carlo standard error is usually far below 0.1.
+- per-level importance sampling (every random term on ONE grouping factor, or
+  on factors nested in one, such as (1 | a) + (1 | a:b) + (1 | obs); non-gaussian
+  families): the likelihood is a product over that factor's levels, so each
+  level's integral (over its own effects and those of the levels nested in it)
+  is estimated on its own and the log-means add up. Accurate: the Monte Carlo
+  standard error is usually far below 0.1. (Nested factors estimated jointly,
+  as crossed ones, read a poisson model with 20 / 80 / 246 nested levels ~50
+  lower than the quadrature's -466.1, with a reported error of ~1.)
 - joint importance sampling (crossed factors, when the exact route does not
   apply): one importance sample of ALL effects at once. The weight is a
   product over thousands of levels, so its variance grows with the number of
@@ -66,6 +70,7 @@ import scipy.sparse as sparse
 from scipy.special import gammaln, logsumexp
 
 from gmenn_formula.design import Design
+from gmenn_formula.design.grouping import nested_units
 from gmenn_formula.design.sparse import PenalizedSystem, factored_design
 from gmenn_formula.errors import DataError
 from gmenn_formula.results.arguments import check_count
@@ -246,11 +251,12 @@ def marginal_loglik(
     info = {"df": df, "nobs": design.num_rows, "network_parameters": network}
     if method == "exact":
         return LogLik(_gaussian_exact(design, state, F), method="exact", **info)
-    kind = "per-level" if one_factor else "joint"
+    units = nested_units([r.codes.astype(np.int64) for r in design.random], [r.num_levels for r in design.random])
+    kind = "per-level" if units is not None else "joint"
     if draws is None:
         budget = WORK_BUDGET // max(design.num_rows * state.num_outputs, 1)
         draws = int(max(MIN_DRAWS, min(DEFAULT_DRAWS[kind], budget)))
-    value, se, ess = _importance(design, state, F, per_level=one_factor, draws=draws, rng=np.random.default_rng(seed))
+    value, se, ess = _importance(design, state, F, units=units, draws=draws, rng=np.random.default_rng(seed))
     return LogLik(value, method=kind, se=se, draws=draws, ess=ess, **info)
 
 
@@ -335,8 +341,12 @@ def _block(per_class: np.ndarray) -> np.ndarray:
     return out.reshape(p * c, p * c)
 
 
-def _importance(design: Design, state: FitState, F: np.ndarray, per_level: bool, draws: int, rng: np.random.Generator):
-    """(log L, MC s.e., effective draws) by importance sampling; see the module docstring."""
+def _importance(
+    design: Design, state: FitState, F: np.ndarray, units: tuple[int, list[np.ndarray]] | None, draws: int, rng: np.random.Generator
+):
+    """(log L, MC s.e., effective draws) by importance sampling; see the module docstring.
+    ``units``: the factor every term nests in and per term the unit (its level) of each level
+    (:func:`~gmenn_formula.design.grouping.nested_units`): one estimate per unit; None: joint."""
     response, family = design.response, design.family
     n, c = F.shape
     means = [mean.astype(np.float64) for mean in state.effect_mean]
@@ -345,24 +355,26 @@ def _importance(design: Design, state: FitState, F: np.ndarray, per_level: bool,
         center += np.einsum("np,npc->nc", r.Z, mean[r.codes])
     fisher = family.fisher(center, response.trials, state.dispersion)
     proposals = [_Proposal(r, S, mean, fisher) for r, S, mean in zip(design.random, state.covariances, means)]
-    if per_level:
-        q = design.random[0].num_levels
-        to_level = sparse.csr_matrix((np.ones(n), (np.arange(n), design.random[0].codes.astype(np.int64))), shape=(n, q))
-    units = q if per_level else 1
-    lse1, lse2 = np.full(units, -np.inf), np.full(units, -np.inf)
+    count = 1
+    if units is not None:
+        top, maps = units
+        count = design.random[top].num_levels
+        rows_to_unit = sparse.csr_matrix((np.ones(n), (np.arange(n), design.random[top].codes.astype(np.int64))), shape=(n, count))
+        levels_to_unit = [sparse.csr_matrix((np.ones(len(m)), (np.arange(len(m)), m)), shape=(len(m), count)) for m in maps]
+    lse1, lse2 = np.full(count, -np.inf), np.full(count, -np.inf)
     per_draw = n * c + sum(pr.q * pr.D + n * pr.D for pr in proposals)
     chunk = int(max(1, min(draws, _CHUNK // max(per_draw, 1))))
     done = 0
     while done < draws:
         S = min(chunk, draws - done)
         eta = np.broadcast_to(F, (S, n, c)).copy()
-        log_ratio = np.zeros((S, units))
-        for proposal in proposals:
+        log_ratio = np.zeros((S, count))
+        for l, proposal in enumerate(proposals):
             contribution, ratio = proposal.sample(rng, S)
             eta += contribution
-            log_ratio += ratio if per_level else ratio.sum(axis=1, keepdims=True)
+            log_ratio += (levels_to_unit[l].T @ ratio.T).T if units is not None else ratio.sum(axis=1, keepdims=True)
         ll = family.loglik(response.y, eta, response.trials, state.dispersion)
-        log_w = log_ratio + ((to_level.T @ ll.T).T if per_level else ll.sum(axis=1, keepdims=True))
+        log_w = log_ratio + ((rows_to_unit.T @ ll.T).T if units is not None else ll.sum(axis=1, keepdims=True))
         lse1 = np.logaddexp(lse1, logsumexp(log_w, axis=0))
         lse2 = np.logaddexp(lse2, logsumexp(2 * log_w, axis=0))
         done += S

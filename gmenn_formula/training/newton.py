@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gmenn_formula.design.grouping import nested_units
 from gmenn_formula.mstep.step import Rows, random_part, row_derivatives
 from gmenn_formula.training.averaging import SAMPLING_SHARE
 from gmenn_formula.training.problem import EMProblem
@@ -199,22 +200,15 @@ def unit_groups(problem: EMProblem) -> list[UnitGroup]:
     group per term (units: its own levels)."""
     codes = [t.codes.astype(np.int64) for t in problem.terms]
     device = problem.device
-    for top in sorted(range(len(codes)), key=lambda l: problem.terms[l].num_levels):
-        maps = [_nesting(c, codes[top], problem.terms[l].num_levels) for l, c in enumerate(codes)]
-        if all(m is not None for m in maps):
-            units = tuple(torch.as_tensor(m, device=device) for m in maps)
-            rows = torch.as_tensor(codes[top], device=device)
-            return [UnitGroup(tuple(range(len(codes))), units, problem.terms[top].num_levels, rows)]
+    nested = nested_units(codes, [t.num_levels for t in problem.terms])
+    if nested is not None:
+        top, maps = nested
+        units = tuple(torch.as_tensor(m, device=device) for m in maps)
+        rows = torch.as_tensor(codes[top], device=device)
+        return [UnitGroup(tuple(range(len(codes))), units, problem.terms[top].num_levels, rows)]
     return [
         UnitGroup((l,), (torch.arange(t.num_levels, device=device),), t.num_levels, None) for l, t in enumerate(problem.terms)
     ]
-
-
-def _nesting(inner: np.ndarray, outer: np.ndarray, num_inner: int) -> np.ndarray | None:
-    """(q_inner,) the outer level of each inner level, or None when an inner level meets several."""
-    first = np.full(num_inner, -1)
-    first[inner[::-1]] = outer[::-1]
-    return first if np.array_equal(first[inner], outer) else None
 
 
 DRAWS_PER_INDEPENDENT = 2.0
