@@ -4,7 +4,7 @@ A data-parallel fit runs P processes, each holding a shard of the rows; random e
 covariances and network weights are replicated. The processes are started by torch's launcher
 (``torchrun --nproc-per-node P ...``), which sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` in each one. :func:`start` joins both frameworks' process groups on them: torch's
-(gloo for CPU tensors, NCCL for CUDA ones) for the network's gradients and the small numpy reductions here, and
+(gloo for CPU tensors, NCCL for CUDA ones) for the network's gradients and the M-step's row sums, and
 JAX's multi-process runtime (gloo collectives on CPU) for the E-step, whose log density sums over
 every process's rows inside the compiled sampler (:mod:`~gmenn_formula.estep.sharded`). JAX's
 coordinator listens on ``MASTER_PORT + 1`` unless ``GMENN_JAX_COORDINATOR`` (host:port) says otherwise.
@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from gmenn_formula.errors import DistributedError
 
@@ -80,18 +78,6 @@ def gather_objects(value: Any, group: ProcessGroup) -> list[Any]:
     gathered: list[Any] = [None] * group.size
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def sum_arrays(array: np.ndarray, group: ProcessGroup) -> np.ndarray:
-    """The sum over processes of ``array`` (same shape everywhere), in float64."""
-    if group.size == 1:
-        return np.asarray(array, dtype=np.float64)
-    import torch
-    import torch.distributed as dist
-
-    tensor = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float64))
-    dist.all_reduce(tensor)
-    return tensor.numpy()
 
 
 def single_shard(local: "torch.Tensor") -> "torch.Tensor":

@@ -1,11 +1,6 @@
-"""Row shards of a partitioned Parquet data set, and the levels every process agrees on.
-
-Each process reads only its own files (:func:`shard_files`: file i goes to process i mod P), so
-no process holds another's rows. Codes of grouping factors, classes of the response and levels
-of categorical columns must mean the same thing in every process: :func:`level_frame` gathers
-each process's distinct values of those columns and returns one small frame holding all of them,
-from which every process learns the same design (:meth:`~gmenn_formula.design.DesignSpec.apply`
-then codes its own rows).
+"""Row shards of a partitioned Parquet data set: each process reads only its own files
+(:func:`shard_files`: file i goes to process i mod P), so no process holds another's rows. The
+encodings every process shares are agreed in :mod:`~gmenn_formula.distributed.design`.
 """
 
 from __future__ import annotations
@@ -13,10 +8,9 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from gmenn_formula.distributed.group import ProcessGroup, gather_objects
+from gmenn_formula.distributed.group import ProcessGroup
 from gmenn_formula.errors import DistributedError
 
 
@@ -50,22 +44,3 @@ def read_shard(files: list[Path], columns: list[str] | None = None) -> pd.DataFr
     if missing:
         raise DistributedError(f"Columns {missing} are not in the Parquet files {[str(f) for f in files[:3]]}; they hold {dataset.schema.names}.")
     return dataset.to_table(columns=columns).to_pandas()
-
-
-def level_frame(frame: pd.DataFrame, columns: list[str], group: ProcessGroup) -> pd.DataFrame:
-    """A frame with ``columns`` holding every distinct value any process has in each of them (the
-    union over processes, missing values left out), row count the largest number of distinct
-    values, shorter columns repeating their values; the same frame in every process."""
-    local = {c: pd.unique(frame[c].dropna()) for c in columns}
-    merged: dict[str, list] = {c: [] for c in columns}
-    for values in gather_objects(local, group):
-        for c in columns:
-            merged[c].extend(values[c])
-    rows = max([len(set(v)) for v in merged.values()], default=0)
-    out = {}
-    for c in columns:
-        distinct = pd.Series(pd.unique(pd.Series(merged[c], dtype=frame[c].dtype))).sort_values(ignore_index=True)
-        if rows and len(distinct) == 0:
-            raise DistributedError(f"Column {c!r} holds no values in any process's shard.")
-        out[c] = np.resize(distinct.to_numpy(), rows) if rows else distinct.to_numpy()
-    return pd.DataFrame({c: pd.Series(v, dtype=frame[c].dtype) for c, v in out.items()})

@@ -23,7 +23,7 @@ from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
 from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
 from gmenn_formula.estep.kernels import model_kernels
 from gmenn_formula.estep.precondition import BlockWhitening
-from gmenn_formula.estep.sharded import padded
+from gmenn_formula.estep.sharded import ShardedKernels, largest_shard, padded
 from gmenn_formula.families import Family
 
 VARIANCE_FLOOR = 1e-8
@@ -85,8 +85,6 @@ class EStep:
         self.config = config
         self.num_rows = self.padded_rows = len(y)
         if mesh is not None:  # shards of equal size: this one padded with weight-0 rows
-            from gmenn_formula.estep.sharded import largest_shard
-
             self.padded_rows = size = largest_shard(len(y))
             terms = tuple(TermArrays(padded(t.codes, size), padded(t.Z, size), t.num_levels) for t in terms)
             y, trials, weights = padded(y, size, y[0]), padded(trials, size, 1), padded(weights, size)
@@ -95,8 +93,6 @@ class EStep:
             self.kernels = model_kernels(structure)
             self.rows = self.replicated = _on_device
         else:
-            from gmenn_formula.estep.sharded import ShardedKernels
-
             self.kernels = ShardedKernels(structure, mesh)
             self.rows, self.replicated = self.kernels.rows, self.kernels.replicated
         self.data = jax.tree.map(self.rows, model_data(terms, y, trials, weights))

@@ -460,11 +460,11 @@ class GaussianConditionals:
         """Rao-Blackwellised M-step of s2: per term, the mean squared residual with that term at its
         conditional mean plus tr(Z'Z V) of its levels, averaged over draws and over the terms (each
         an unbiased estimate of E[RSS | y] / n; exact for a single term)."""
-        estimates = []
+        estimates, n = [], rows.num_total
         for l, (mean, V, ZtZ, rest) in enumerate(zip(self.means, self.variances, self.ZtZ, self.rest)):
             fitted = torch.einsum("bp,mbp->mb", rows.Z[l].double(), mean[:, rows.codes[l]])
             squares = rows.total(((rest - fitted) ** 2).sum(1).mean()) + torch.einsum("qij,qji->", ZtZ, V)
-            estimates.append(float(squares) / rows.num_total)
+            estimates.append(float(squares) / n)
         return float(np.mean(estimates))
 
     def effects_with_last_mean(self, effects: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

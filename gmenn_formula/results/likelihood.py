@@ -341,6 +341,11 @@ def _block(per_class: np.ndarray) -> np.ndarray:
     return out.reshape(p * c, p * c)
 
 
+def _to_unit(units: np.ndarray, count: int) -> sparse.csr_matrix:
+    """(len(units), count) 0/1 matrix: row i has its 1 in column ``units[i]``."""
+    return sparse.csr_matrix((np.ones(len(units)), (np.arange(len(units)), units)), shape=(len(units), count))
+
+
 def _importance(
     design: Design, state: FitState, F: np.ndarray, units: tuple[int, list[np.ndarray]] | None, draws: int, rng: np.random.Generator
 ):
@@ -355,12 +360,13 @@ def _importance(
         center += np.einsum("np,npc->nc", r.Z, mean[r.codes])
     fisher = family.fisher(center, response.trials, state.dispersion)
     proposals = [_Proposal(r, S, mean, fisher) for r, S, mean in zip(design.random, state.covariances, means)]
-    count = 1
-    if units is not None:
-        top, maps = units
-        count = design.random[top].num_levels
-        rows_to_unit = sparse.csr_matrix((np.ones(n), (np.arange(n), design.random[top].codes.astype(np.int64))), shape=(n, count))
-        levels_to_unit = [sparse.csr_matrix((np.ones(len(m)), (np.arange(len(m)), m)), shape=(len(m), count)) for m in maps]
+    if units is None:  # joint: every row and level in one unit
+        count, row_units, level_units = 1, np.zeros(n, np.int64), [np.zeros(r.num_levels, np.int64) for r in design.random]
+    else:
+        top, level_units = units
+        count, row_units = design.random[top].num_levels, design.random[top].codes.astype(np.int64)
+    rows_to_unit = _to_unit(row_units, count)
+    levels_to_unit = [_to_unit(m, count) for m in level_units]
     lse1, lse2 = np.full(count, -np.inf), np.full(count, -np.inf)
     per_draw = n * c + sum(pr.q * pr.D + n * pr.D for pr in proposals)
     chunk = int(max(1, min(draws, _CHUNK // max(per_draw, 1))))
@@ -372,9 +378,9 @@ def _importance(
         for l, proposal in enumerate(proposals):
             contribution, ratio = proposal.sample(rng, S)
             eta += contribution
-            log_ratio += (levels_to_unit[l].T @ ratio.T).T if units is not None else ratio.sum(axis=1, keepdims=True)
+            log_ratio += (levels_to_unit[l].T @ ratio.T).T
         ll = family.loglik(response.y, eta, response.trials, state.dispersion)
-        log_w = log_ratio + ((rows_to_unit.T @ ll.T).T if units is not None else ll.sum(axis=1, keepdims=True))
+        log_w = log_ratio + (rows_to_unit.T @ ll.T).T
         lse1 = np.logaddexp(lse1, logsumexp(log_w, axis=0))
         lse2 = np.logaddexp(lse2, logsumexp(2 * log_w, axis=0))
         done += S
