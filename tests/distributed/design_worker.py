@@ -1,7 +1,8 @@
 """One process of a 2-process data check, started by torchrun (tests/distributed/test_shards.py):
 reads its Parquet files of ``DATA`` and writes ``OUT/rank{r}.json`` with the files it read, the
-shared grouping levels and classes, and each of its rows' group and class beside the label its
-code stands for."""
+shared grouping levels and classes, each of its rows' group and class beside the label its code
+stands for, and the messages of the designs the processes cannot share (a categorical fixed column
+with other levels in each shard; a binomial response with three classes over all shards)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from gmenn_formula.distributed.design import agreed_design
 from gmenn_formula.distributed.group import ProcessGroup, start
 from gmenn_formula.distributed.shards import read_shard, shard_files
+from gmenn_formula.errors import DistributedError
 
 data, out = sys.argv[1], Path(sys.argv[2])
 group = ProcessGroup.from_environment()
@@ -19,6 +21,12 @@ start(group)
 files = shard_files(data, group)
 shard = read_shard(files)
 fitted = agreed_design("y ~ x + (1 | g) + (1 | h)", shard, "categorical", group)
+refused = {}
+for name, formula, family in (("columns", "y ~ k + (1 | g)", "categorical"), ("classes", "y ~ x + (1 | g)", "binomial")):
+    try:
+        agreed_design(formula, shard, family, group)
+    except DistributedError as error:
+        refused[name] = str(error)
 codes = {term.name: term.codes.tolist() for term in fitted.random}
 levels = {term.name: [str(v) for v in term.factor.levels] for term in fitted.random}
 (out / f"rank{group.rank}.json").write_text(
@@ -31,6 +39,7 @@ levels = {term.name: [str(v) for v in term.factor.levels] for term in fitted.ran
             "group_labels": [levels["g"][c] for c in codes["g"]],
             "answers": shard["y"].astype(str).tolist(),
             "answer_labels": [str(fitted.spec.response.classes[k]) for k in fitted.response.y.astype(int).tolist()],
+            "refused": refused,
         }
     )
 )

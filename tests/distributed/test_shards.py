@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gmenn_formula.distributed.group import ProcessGroup
-from gmenn_formula.distributed.shards import shard_files
+from gmenn_formula.distributed.shards import read_shard, shard_files
 from gmenn_formula.errors import DistributedError
 from support.torchrun import run_workers
 
@@ -30,6 +30,7 @@ def ranks(tmp_path_factory) -> list[dict]:
                 "x": rng.normal(size=n),
                 "g": rng.choice(groups, n),
                 "h": rng.choice(["u", "v", "w"], n),
+                "k": rng.choice(["p", "q"] if part % 2 == 0 else ["r", "s"], n),
             }
         ).to_parquet(data / f"part{part}.parquet")
     run_workers(Path(__file__).with_name("design_worker.py"), [str(data), str(out)], processes=2)
@@ -51,6 +52,23 @@ def test_codes_stand_for_each_row_s_own_level_and_class(ranks):
     for r in ranks:
         assert r["group_labels"] == r["groups"]
         assert r["answer_labels"] == r["answers"]
+
+
+def test_shards_whose_encodings_cannot_agree_are_refused_by_name(ranks):
+    """A categorical fixed column with levels p, q in one process's shard and r, s in the other's:
+    the design's columns differ. A response with classes a, b in one shard and b, c in the other:
+    fitted as binomial it holds three classes over all shards."""
+    for r in ranks:
+        assert "The model's columns differ between process" in r["refused"]["columns"]
+        assert "(['k[q]', 'k[s]'])" in r["refused"]["columns"]  # the columns one process has and the other lacks
+        assert "pandas Categorical with the same categories" in r["refused"]["columns"]
+        assert r["refused"]["classes"].startswith("The binomial response holds 3 classes over all processes (['a', 'b', 'c'])")
+
+
+def test_a_missing_column_is_refused_by_name(tmp_path):
+    pd.DataFrame({"y": [1, 0], "g": ["a", "b"]}).to_parquet(tmp_path / "part0.parquet")
+    with pytest.raises(DistributedError, match=r"Columns \['x'\] are not in the Parquet files"):
+        read_shard(shard_files(tmp_path, ProcessGroup(0, 1)), columns=["y", "x"])
 
 
 def test_fewer_files_than_processes_is_refused(tmp_path):
