@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench bench-full bench-engine bench-speed bench-stress bench-distributed gpu-check bench-lme4 bench-lme4-full r-lme4 clean
+.PHONY: demo test test-slow bench bench-full bench-engine bench-speed bench-stress bench-distributed demo-distributed gpu-check bench-lme4 bench-lme4-full r-lme4 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-speed: $(BENCH_STAMP)
 # The data-parallel E-step on 1 and 2 processes (torchrun, gloo), 10^6 binomial rows (~1.5 minutes on 2 cores).
 bench-distributed: $(STAMP)
 	$(PY) benchmarks/distributed_estep.py
+
+# A 2-process fit (torchrun, gloo) of Parquet shards against 1 process: summary, per-process memory (~1.5 minutes on 2 cores).
+demo-distributed: $(STAMP)
+	$(PY) benchmarks/demo_distributed.py
 
 # The GPU path at 100,000 and 10^6 rows (needs a GPU and JAX's CUDA build; exits 2 without one).
 gpu-check: $(STAMP)

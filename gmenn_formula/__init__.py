@@ -28,6 +28,7 @@ _LAZY = {
     "GmennResult": "gmenn_formula.results.result",
     "GMENN": "gmenn_formula.estimator",
     "anova": "gmenn_formula.results.anova",
+    "fit_shards": "gmenn_formula.distributed.fit",
 }
 
 
@@ -41,5 +42,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'gmenn_formula' has no attribute {name!r}")
 
 
-__all__ = ["GMENN", "Design", "DesignSpec", "FitConfig", "GmennError", "GmennResult", "anova", "design", "gmenn", "load", "parse"]
+__all__ = ["GMENN", "Design", "DesignSpec", "FitConfig", "GmennError", "GmennResult", "anova", "design", "fit_shards", "gmenn", "load", "parse"]
 __version__ = "0.1.0"

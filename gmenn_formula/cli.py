@@ -1,6 +1,7 @@
 """The ``gmenn`` command line: fit, summary, predict, demo.
 
     gmenn fit "y ~ nn(x1 + x2) + (1 | g)" data.csv --family binomial -o model.gmenn
+    torchrun --nproc-per-node 2 -m gmenn_formula fit "y ~ nn(x1 + x2) + (1 | g)" 'data/*.parquet' -o model.gmenn
     gmenn summary model.gmenn
     gmenn predict model.gmenn new.csv -o predictions.csv --type response
     gmenn demo --rows 20000
@@ -13,6 +14,10 @@ writes one row per input row (empty where a predictor is missing). The parser is
 light modules only, so ``--help`` and argument errors do not wait for torch,
 PyMC or JAX to load. Ctrl-C during ``gmenn fit`` saves the fit so far (flagged
 interrupted) and exits with status 130, as does a Ctrl-C with nothing to save.
+
+``gmenn fit`` on a directory or glob pattern of Parquet files, or in a torchrun job, is a
+data-parallel fit (:func:`gmenn_formula.distributed.fit.fit_shards`): each process reads its
+share of the files, rank 0 prints the summary and writes the model.
 """
 
 from __future__ import annotations
@@ -84,14 +89,35 @@ def _settings() -> dict[str, object]:
     return {f.name: f.metadata["rule"] for group in groups for f in fields(group) if f.name != "verbose"}
 
 
+def _sharded(data: str) -> bool:
+    """Whether ``data`` names Parquet shards (a directory or a glob pattern), or this process is one of a torchrun job's."""
+    return Path(data).is_dir() or any(mark in data for mark in "*?[") or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _fit_shards(args: argparse.Namespace, control: dict) -> int:
+    """The data-parallel fit of ``args.data``'s Parquet files; rank 0 prints and saves."""
+    from gmenn_formula.distributed.fit import fit_shards
+    from gmenn_formula.distributed.group import ProcessGroup, stop
+
+    leader = ProcessGroup.from_environment().leader
+    result = fit_shards(args.formula, args.data, family=args.family, output=args.output, **{**control, "verbose": control["verbose"] * leader})
+    if leader:
+        print(result.summary())
+        print(f"\nsaved to {args.output}")
+    stop()
+    return 0
+
+
 def _fit(args: argparse.Namespace) -> int:
     import gmenn_formula as gf
 
     control = _control(args)
     FitConfig.from_control(**control)
     gf.parse(args.formula)
-    _check_input(args.data)
     _check_output(args.output)
+    if _sharded(args.data):
+        return _fit_shards(args, control)
+    _check_input(args.data)
     try:
         result = gf.gmenn(args.formula, _read_data(args.data), family=args.family, **control)
     except EStepTimeoutError as error:
@@ -178,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="fit a model to a CSV/parquet file and save it")
     fit.add_argument("formula", help='lme4-style formula, e.g. "y ~ nn(x1 + x2) + (1 | g)"')
-    fit.add_argument("data", help="training data (.csv or .parquet)")
+    fit.add_argument("data", help="training data (.csv or .parquet), or Parquet shards (a directory or a quoted glob pattern) for a data-parallel fit")
     fit.add_argument("-o", "--output", required=True, help="model file to write (e.g. model.gmenn)")
     fit.add_argument("--family", choices=FAMILIES, help="response family (default: gaussian, binomial for cbind())")
     _add_settings(fit)

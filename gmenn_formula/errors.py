@@ -135,7 +135,7 @@ class MissingNetworkError(NetworkError):
 
 
 class NoTrainingDataError(GmennError, ValueError):
-    """A verb needs the training rows, which a model loaded from a file does not keep."""
+    """A verb needs the training rows, which a model loaded from a file (or fit by several processes) does not keep."""
 
 
 class NotFittedError(GmennError, ValueError, AttributeError):

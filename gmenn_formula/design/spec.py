@@ -92,6 +92,25 @@ class Design:
     new_levels: dict[str, int] = field(default_factory=dict)
     kept: np.ndarray | None = None
 
+    @classmethod
+    def without_rows(cls, spec: DesignSpec, num_dropped: int = 0) -> Design:
+        """A design with ``spec``'s columns and grouping factors but no rows (a model read from a
+        file, or fit by processes that each held a shard of the rows)."""
+        random = tuple(
+            RandomEffectDesign(part.term, part.factor, part.slopes.names, np.zeros(0, np.int32), np.zeros((0, len(part.slopes.names))))
+            for part in spec.random
+        )
+        return cls(
+            spec=spec,
+            response=None,
+            X_fixed=np.zeros((0, len(spec.fixed_names))),
+            offset=np.zeros(0),
+            X_networks=tuple(np.zeros((0, len(net.block.names))) for net in spec.networks),
+            random=random,
+            rows=pd.RangeIndex(0),
+            num_dropped=num_dropped,
+        )
+
     @property
     def num_rows(self) -> int:
         return len(self.rows)

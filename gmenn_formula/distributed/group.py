@@ -80,6 +80,31 @@ def gather_objects(value: Any, group: ProcessGroup) -> list[Any]:
     return gathered
 
 
+def largest_over_processes(local: int, data_parallel: bool) -> int:
+    """The largest of every process's ``local`` in a data-parallel fit (an all-reduce of torch's
+    group); ``local`` itself otherwise."""
+    if not data_parallel:
+        return local
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([local], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value)
+
+
+def stop() -> None:
+    """Leave torch's and JAX's process groups (where joined), e.g. before a torchrun job's processes exit."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    import jax
+
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+
+
 def single_shard(local: "torch.Tensor") -> "torch.Tensor":
     """The sum over every shard when this process holds all the rows: ``local`` itself."""
     return local

@@ -25,7 +25,8 @@ class Rows:
     ``over_shards`` turns a sum over these rows into the sum over every process's rows of a
     data-parallel fit (an all-reduce; :func:`~gmenn_formula.distributed.group.sum_tensors`), the
     identity when these rows are all the rows; every M-step statistic that sums over rows passes
-    through it. A subset (:meth:`take`, a minibatch) sums over its own rows only."""
+    through it. A subset (:meth:`take`: the training or validation rows of every shard) sums over
+    the same subset of every shard."""
 
     X_networks: tuple[torch.Tensor, ...]
     X_fixed: torch.Tensor
@@ -58,6 +59,7 @@ class Rows:
             trials=self.trials[index],
             codes=tuple(codes[index] for codes in self.codes),
             Z=tuple(Z[index] for Z in self.Z),
+            over_shards=self.over_shards,
         )
 
     def per_draw(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +124,19 @@ learning_rate=10 the loss per row went from ~5 to ~1,800 in the first epoch and 
 ended dead (a constant output)."""
 
 
+def batch_bounds(num_rows: int, batch_size: int, steps: int) -> list[tuple[int, int]]:
+    """(start, stop) of the ``steps`` minibatches of a pass over ``num_rows`` rows: ``batch_size``
+    rows each (the last fewer) when that makes ``steps`` batches, else ``num_rows`` split into
+    ``steps`` near-equal batches (a shard with fewer rows than the largest of a data-parallel fit
+    takes as many steps as it, each on fewer rows)."""
+    if math.ceil(num_rows / batch_size) == steps:
+        return [(start, min(start + batch_size, num_rows)) for start in range(0, num_rows, batch_size)]
+    edges = np.linspace(0, num_rows, steps + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
 def train_epoch(
-    model: FixedPart,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     family: Family,
     rows: Rows,
@@ -131,21 +144,25 @@ def train_epoch(
     dispersion: float,
     batch_size: int,
     generator: torch.Generator,
+    steps: int | None = None,
 ) -> float:
     """Passes of minibatch Adam steps on the paper's loss (Eq. 6), at least
     MIN_STEPS_PER_EPOCH steps, per row: sum over draws s of weight_s * NLL(y | F + offset_s),
-    all draws in one NLL call; ``offsets=None`` trains on NLL(y | F) alone. Returns the mean
-    loss per row of the first pass (one pass unless the data are small), or NaN when the epoch
-    diverged: as soon as a step's loss is not finite (that step is not taken), or at the end when
-    a parameter is not finite or the last pass's loss rose far above the first step's (LOSS_JUMP).
-    The caller restores and retries.
+    all draws in one NLL call; ``offsets=None`` trains on NLL(y | F) alone. ``model``: the
+    FixedPart, or its DistributedDataParallel wrapper in a data-parallel fit, where ``steps``
+    (minibatches per pass) is the same in every process (None: ceil(rows / batch_size)) and each
+    step's loss is summed over the processes (``rows.total``) before it is judged, so that all
+    take the same decisions. Returns the mean loss per row of the first pass (one pass unless
+    the data are small), or NaN when the epoch diverged: as soon as a step's loss is not finite
+    (that step is not taken), or at the end when a parameter is not finite or the last pass's
+    loss rose far above the first step's (LOSS_JUMP). The caller restores and retries.
     """
     model.train()
-    steps_per_pass = math.ceil(len(rows) / batch_size)
+    bounds = batch_bounds(len(rows), batch_size, steps or math.ceil(len(rows) / batch_size))
     first: list[float] = []
     losses = []
-    for _ in range(math.ceil(MIN_STEPS_PER_EPOCH / steps_per_pass)):
-        losses.append(_train_pass(model, optimizer, family, rows, offsets, dispersion, batch_size, generator, first))
+    for _ in range(math.ceil(MIN_STEPS_PER_EPOCH / len(bounds))):
+        losses.append(_train_pass(model, optimizer, family, rows, offsets, dispersion, bounds, generator, first))
         if not math.isfinite(losses[-1]):
             return math.nan
     rose = losses[-1] > first[0] + LOSS_JUMP * (1 + abs(first[0]))
@@ -155,13 +172,13 @@ def train_epoch(
 
 
 def _train_pass(
-    model: FixedPart,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     family: Family,
     rows: Rows,
     offsets: DrawOffsets | None,
     dispersion: float,
-    batch_size: int,
+    bounds: list[tuple[int, int]],
     generator: torch.Generator,
     first: list[float],
 ) -> float:
@@ -183,9 +200,8 @@ def _train_pass(
         s = len(offsets.weights)
         values = offsets.values[order]
         y, trials = y.repeat_interleave(s), trials.repeat_interleave(s)
-        weights = offsets.weights.repeat(batch_size)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
+        weights = offsets.weights.repeat(max(stop - start for start, stop in bounds))
+    for start, stop in bounds:
         eta = model([X[start:stop] for X in X_networks], X_fixed[start:stop], offset[start:stop])
         rows_y, rows_trials = y[start * s : stop * s], trials[start * s : stop * s]
         if offsets is None:
@@ -193,16 +209,16 @@ def _train_pass(
         else:
             eta_draws = (eta.unsqueeze(1) + values[start:stop]).reshape(-1, eta.shape[1])
             loss = family.torch_nll(eta_draws, rows_y, rows_trials, dispersion) @ weights[: (stop - start) * s]
-        value = float(loss.detach())
+        value = float(rows.total(loss.detach()))
         if not math.isfinite(value):
             return math.nan
         if not first:
-            first.append(value / (stop - start))
+            first.append(value / float(rows.total(torch.tensor(float(stop - start)))))
         optimizer.zero_grad()
         (loss / (stop - start)).backward()
         optimizer.step()
         total += value
-    return total / n
+    return total / rows.num_total
 
 
 def row_derivatives(

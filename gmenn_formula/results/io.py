@@ -48,7 +48,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from gmenn_formula.design import Design, DesignSpec, RandomEffectDesign
+from gmenn_formula.design import Design, DesignSpec
 from gmenn_formula.design.spec_json import check_rebuilt, decode_value, encode_value, spec_from_json, spec_to_json
 from gmenn_formula.errors import ControlError, MissingNetworkError, ModelFileError, ModelVersionError, NetworkError
 from gmenn_formula.mstep.networks import FixedPart, NetworkOptions, build_network
@@ -240,7 +240,7 @@ def _restore(meta: dict, weights: dict, arrays: dict, nets: Mapping | None) -> S
     residuals = data["scaled_residuals"]
     table = None if residuals is None else _residual_table(residuals)
     loglik = None if data.get("loglik") is None else _loglik(data["loglik"])
-    return SavedModel(_structure(spec, _count(data["num_dropped"], "num_dropped")), state, table, loglik)
+    return SavedModel(Design.without_rows(spec, _count(data["num_dropped"], "num_dropped")), state, table, loglik)
 
 
 def _legacy_draw_epochs(history: list[EpochRecord], stored: int, config: FitConfig) -> np.ndarray:
@@ -334,21 +334,3 @@ def _check_fit(spec: DesignSpec, fit: dict, arrays: dict, num_epochs: int) -> No
         S = arrays[f"covariances/{l}"]
         if not np.allclose(S, np.swapaxes(S, 1, 2)) or (np.linalg.eigvalsh(S).min(initial=0.0) < -1e-8 * max(1.0, np.abs(S).max(initial=0.0))):
             raise ModelFileError(f"the saved covariance of {spec.random[l].term} is not symmetric positive semi-definite")
-
-
-def _structure(spec: DesignSpec, num_dropped: int) -> Design:
-    """A design with the spec's columns and grouping factors but no rows."""
-    random = tuple(
-        RandomEffectDesign(part.term, part.factor, part.slopes.names, np.zeros(0, np.int32), np.zeros((0, len(part.slopes.names))))
-        for part in spec.random
-    )
-    return Design(
-        spec=spec,
-        response=None,
-        X_fixed=np.zeros((0, len(spec.fixed_names))),
-        offset=np.zeros(0),
-        X_networks=tuple(np.zeros((0, len(net.block.names))) for net in spec.networks),
-        random=random,
-        rows=pd.RangeIndex(0),
-        num_dropped=num_dropped,
-    )

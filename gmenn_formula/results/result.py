@@ -27,6 +27,7 @@ from gmenn_formula.results.status import convergence_status
 PREDICT_CHUNK = 65_536
 """Rows per forward pass of the networks at prediction time."""
 
+NO_ROWS = "This model keeps no training rows (it was loaded from a file, or fit by processes that each held a shard of them)"
 DEFAULT_LOGLIK = ("auto", None, None)
 """The arguments of ``loglik()`` whose value a model file stores."""
 
@@ -59,7 +60,7 @@ class GmennResult:
 
     @property
     def has_training_rows(self) -> bool:
-        """False for a model read from a file."""
+        """False for a model read from a file or fit by several processes (each held a shard)."""
         return self.design.response is not None
 
     # -- tables -------------------------------------------------------------
@@ -126,7 +127,7 @@ class GmennResult:
             if not self.has_training_rows:
                 stored = DEFAULT_LOGLIK in self._logliks
                 raise NoTrainingDataError(
-                    "This model was loaded from a file, which does not keep the training rows; the log-likelihood "
+                    f"{NO_ROWS}; the log-likelihood "
                     + ("is stored only for the default loglik() arguments." if stored else "was not stored in it (an older file).")
                 )
             F = self._linear_predictor(self.design, include_random=False)
@@ -171,7 +172,7 @@ class GmennResult:
             )
         if not self.has_training_rows:
             raise NoTrainingDataError(
-                "This model was loaded from a file, which does not keep the training rows, so fitted values, "
+                f"{NO_ROWS}, so fitted values, "
                 "residuals and predictions without newdata are unavailable; pass newdata= (e.g. the training data frame)."
             )
         return self.design

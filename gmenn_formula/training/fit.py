@@ -62,11 +62,14 @@ def fit_design(
     config: FitConfig,
     nets: Mapping | None = None,
     progress: Callable[[EpochRecord], None] | None = None,
+    data_parallel: bool = False,
 ) -> FitState:
-    """Fit the model of ``design`` (response required) by Monte Carlo EM."""
+    """Fit the model of ``design`` (response required) by Monte Carlo EM. ``data_parallel``:
+    ``design`` holds this process's shard of the rows, every process of the group fits alike
+    (:mod:`gmenn_formula.distributed`) and each returns the same FitState."""
     started = time.perf_counter()
     device = resolve_device(config.runtime.device)
-    problem = EMProblem.from_design(design, device)
+    problem = EMProblem.from_design(design, device, data_parallel)
     config.estep.kind(problem.family.has_dispersion)  # a sampler the family cannot use: ControlError before any work
     seed = config.runtime.seed
     torch.manual_seed(seed)
@@ -175,7 +178,7 @@ def _state(problem: EMProblem, model: FixedPart, log: EpochLog, moments: EffectM
         draws=moments.draws(),
         draw_epochs=np.array(moments.stored_epochs, dtype=np.int64),
         history=log.records,
-        nobs=problem.num_rows,
+        nobs=problem.total_rows,
         config=config,
         **estimates,
     )

@@ -31,14 +31,16 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     information) is exact, or nearly, there and takes the steps from Laplace's answer to the exact
     one. Crossed levels that the data hardly determine are coupled a posteriori, which that Jacobian
     leaves out (it read EM's rate as .77-.91 where EM moved at ~.95 on 10^6 binary rows and 3 x 10^5
-    levels, ~10 rows each), so its steps fall short there and EM settles first. Returns the
+    levels, ~10 rows each), so its steps fall short there and EM settles first. A data-parallel
+    fit has no Laplace start (its sparse Newton solve needs every row): EM starts from the
+    fixed effects alone and settles. Returns the
     finished phases and whether EM settled (True after a short EM)."""
     rows = problem.rows
     no_effects = tuple(torch.zeros((1, *shape), device=problem.device) for shape in problem.shapes)
     newton_fixed_effects(model, problem.family, rows, no_effects, 1.0, steps=START_NEWTON_STEPS)
     dispersion, scale = initial_dispersion(problem, model, rows)
     covariances, start = problem.initial_covariances(scale), None
-    if config.convergence.laplace_start and laplace_applies(problem):
+    if config.convergence.laplace_start and laplace_applies(problem) and not problem.data_parallel:
         start = laplace_start(problem, model, covariances)
         covariances = start.covariances
     estep = make_estep(problem, config, sampler_config(problem, config, config.estep.draws, variances=True), np.ones(problem.num_rows))

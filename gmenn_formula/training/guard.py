@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from torch.nn.parallel import DistributedDataParallel
+
+from gmenn_formula.distributed.group import largest_over_processes
 from gmenn_formula.errors import ConvergenceError
 from gmenn_formula.families import Family
 from gmenn_formula.mstep.networks import FixedPart
@@ -54,7 +57,10 @@ def check_output(model: FixedPart, rows: Rows, when: str) -> None:
 class RecoveringTrainer:
     """Adam on the fixed part's parameters, an epoch at a time, with the recovery of the module
     docstring. ``rows`` the training rows; ``check_rows`` those whose output must be finite at
-    restored weights; ``messages`` receives a note per halving."""
+    restored weights; ``messages`` receives a note per halving. ``data_parallel``: ``rows`` are
+    this process's shard; the model trains wrapped in torch's DistributedDataParallel (gradients
+    averaged over the processes at every step, which therefore all take the same number of steps:
+    those of the largest shard), so its weights stay the same in every process."""
 
     model: FixedPart
     family: Family
@@ -64,17 +70,22 @@ class RecoveringTrainer:
     batch_size: int
     generator: torch.Generator
     messages: list[str]
+    data_parallel: bool = False
     halvings: int = 0
     optimizer: torch.optim.Optimizer = field(init=False)
+    network: torch.nn.Module = field(init=False)
+    steps: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
+        self.network = DistributedDataParallel(self.model) if self.data_parallel else self.model
+        self.steps = largest_over_processes(math.ceil(len(self.rows) / self.batch_size), self.data_parallel)
 
     def epoch(self, epoch: int, offsets: DrawOffsets, dispersion: float) -> float:
         """Train epoch ``epoch`` (1-based) on the draws' ``offsets``; the mean loss per row."""
         weights, state = copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict())
         while True:
-            loss = train_epoch(self.model, self.optimizer, self.family, self.rows, offsets, dispersion, self.batch_size, self.generator)
+            loss = train_epoch(self.network, self.optimizer, self.family, self.rows, offsets, dispersion, self.batch_size, self.generator, self.steps)
             if math.isfinite(loss):
                 return loss
             self.model.load_state_dict(weights)

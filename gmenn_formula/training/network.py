@@ -77,7 +77,10 @@ def start_on_response_scale(problem: EMProblem, model: FixedPart, rows: Rows) ->
     share for binomial, the log mean for poisson, log class shares for categorical)."""
     with torch.no_grad():
         if problem.family.has_dispersion:
-            model.output_scale.fill_(max(float(rows.y.std()), 1e-6))
+            n, y = rows.num_total, rows.y.double()
+            mean = float(rows.total(y.sum())) / n
+            sd = math.sqrt(float(rows.total(((y - mean) ** 2).sum())) / max(n - 1, 1))
+            model.output_scale.fill_(max(sd, 1e-6))
     shift = intercept_shift(problem.family, predict_fixed(model, rows), rows)
     with torch.no_grad():
         model.output_offset += shift
@@ -90,7 +93,7 @@ def _centre_effects(model: FixedPart, center: tuple[torch.Tensor, ...], rows: Ro
     variance of 990 where the linear model gives 576), and with the network frozen EM cannot move it back."""
     if center:
         with torch.no_grad():
-            model.output_offset += random_part(center, rows).mean(dim=(0, 1))
+            model.output_offset += (rows.total(random_part(center, rows).mean(0).sum(0)) / rows.num_total).to(model.output_offset.dtype)
 
 
 @dataclass(frozen=True)
@@ -161,10 +164,14 @@ def _train(
         problem, estep, split.index, split.train_rows, config.estep.training_draws, config.estep.burn_in,
         training.penalty_for(True), config.convergence.parameter_expansion,
     )
-    trainer = RecoveringTrainer(model, problem.family, split.train_rows, problem.rows, training.learning_rate, training.batch_size, generator, log.messages)
+    trainer = RecoveringTrainer(
+        model, problem.family, split.train_rows, problem.rows, training.learning_rate, training.batch_size, generator, log.messages,
+        problem.data_parallel,
+    )
     stopping = EarlyStopping(training.patience)
     center: tuple[torch.Tensor, ...] = ()
-    ahead = DrawAhead() if training.overlap_estep else None
+    # Not in a data-parallel fit: the E-step's M-step sums rows with torch's collectives, which must not run on a second thread beside DDP's
+    ahead = DrawAhead() if training.overlap_estep and not problem.data_parallel else None
     with torch_threads_beside(ahead, problem.device):
         try:
             for epoch in range(1, training.max_epochs(True) + 1):
@@ -206,4 +213,4 @@ def _train(
 
 def _validation_loss(problem: EMProblem, model: FixedPart, rows: Rows, center: tuple[torch.Tensor, ...], dispersion: float) -> float:
     F = predict_fixed(model, rows)
-    return float(expected_nll(problem.family, F, random_part(center, rows), rows, dispersion)) / len(rows)
+    return float(rows.total(expected_nll(problem.family, F, random_part(center, rows), rows, dispersion))) / rows.num_total

@@ -78,7 +78,7 @@ class ParameterLayout:
         for (_, p, _), full in zip(problem.shapes, problem.correlated):
             entries.append(tuple((a, b) for a in range(p) for b in range(a, p) if full or a == b))
         num_fixed = len(problem.fixed_names) * problem.num_outputs if fit_beta else 0
-        return cls(tuple(entries), problem.num_outputs, tuple(problem.num_levels), problem.family.has_dispersion, problem.num_rows, num_fixed)
+        return cls(tuple(entries), problem.num_outputs, tuple(problem.num_levels), problem.family.has_dispersion, problem.total_rows, num_fixed)
 
     @property
     def num_variance(self) -> int:
@@ -197,10 +197,12 @@ class UnitGroup:
 
 def unit_groups(problem: EMProblem) -> list[UnitGroup]:
     """One group of every term when all nest in one of them (units: that term's levels), else one
-    group per term (units: its own levels)."""
+    group per term (units: its own levels). A data-parallel fit takes one group per term: its
+    nesting would have to be agreed over every shard's rows (J then leaves out the couplings
+    between nested terms, and the Newton steps only take longer to settle)."""
     codes = [t.codes.astype(np.int64) for t in problem.terms]
     device = problem.device
-    nested = nested_units(codes, [t.num_levels for t in problem.terms])
+    nested = None if problem.data_parallel else nested_units(codes, [t.num_levels for t in problem.terms])
     if nested is not None:
         top, maps = nested
         units = tuple(torch.as_tensor(m, device=device) for m in maps)

@@ -153,7 +153,7 @@ class VariancePhases:
     def block_draws(self) -> int:
         """Draws per epoch in a block: ``draws``, or more for small data (see BLOCK_WORK), a multiple of the E-step's chunk."""
         chunk, draws = self.estep.chunk, self.config.estep.draws
-        wanted = min(MAX_BLOCK_DRAWS, BLOCK_WORK // max(self.problem.num_rows * self.problem.num_outputs, 1))
+        wanted = min(MAX_BLOCK_DRAWS, BLOCK_WORK // max(self.problem.total_rows * self.problem.num_outputs, 1))
         return max(draws, wanted // chunk * chunk)
 
     def _beta_step(self, effects: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, float]:
@@ -164,9 +164,10 @@ class VariancePhases:
     @property
     def closed_form(self) -> bool:
         """Whether the variance components come from the closed-form maximum likelihood (gaussian
-        models with the exact E-step, whose sparse factorisation stays small) instead of EM."""
+        models with the exact E-step, whose sparse factorisation stays small, all rows in one process) instead of EM."""
         exact = self.config.estep.kind(self.problem.family.has_dispersion) == "exact"
-        return self.config.convergence.closed_form and exact and direct_fit_applies(self.problem.terms, nested=self.nested)
+        direct = self.config.convergence.closed_form and exact and not self.problem.data_parallel
+        return direct and direct_fit_applies(self.problem.terms, nested=self.nested)
 
     @property
     def nested(self) -> bool:

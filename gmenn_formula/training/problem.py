@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gmenn_formula.design import Design
+from gmenn_formula.distributed.group import single_shard, sum_tensors
 from gmenn_formula.errors import ModelSpecificationError
 from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.families import Family
@@ -33,6 +34,9 @@ class EMProblem:
     whether term l's covariance is full; ``slope_second_moments[l]`` (p_l,) mean Z^2 of
     the term's columns; ``networks`` the options of each ``nn()`` term and
     ``network_inputs`` its number of inputs; ``fixed_names`` the k linear fixed effects.
+    ``data_parallel``: these are one process's shard of the rows of a data-parallel fit
+    (:mod:`gmenn_formula.distributed`): ``rows`` sum over every shard, the E-step shards its
+    rows over the processes, and ``total_rows`` counts every shard's rows.
     """
 
     family: Family
@@ -48,10 +52,13 @@ class EMProblem:
     network_inputs: tuple[int, ...]
     fixed_names: tuple[str, ...]
     device: torch.device
+    data_parallel: bool = False
+    total_rows: int = 0
 
     @classmethod
-    def from_design(cls, design: Design, device: torch.device) -> EMProblem:
-        """Read ``design`` (response required, at least one random-effect term)."""
+    def from_design(cls, design: Design, device: torch.device, data_parallel: bool = False) -> EMProblem:
+        """Read ``design`` (response required, at least one random-effect term); ``data_parallel``:
+        it holds this process's shard of a data-parallel fit (every process must call this)."""
         if not design.random:
             raise ModelSpecificationError(
                 f"The formula {design.spec.formula} has no random-effect term; add one such as (1 | group). "
@@ -73,6 +80,7 @@ class EMProblem:
             trials=tensor(response.trials),
             codes=tuple(tensor(r.codes, torch.long) for r in design.random),
             Z=tuple(tensor(r.Z) for r in design.random),
+            over_shards=sum_tensors if data_parallel else single_shard,
         )
         return cls(
             family=family,
@@ -88,10 +96,13 @@ class EMProblem:
             network_inputs=tuple(X.shape[1] for X in design.X_networks),
             fixed_names=design.fixed_names,
             device=device,
+            data_parallel=data_parallel,
+            total_rows=rows.num_total,
         )
 
     @property
     def num_rows(self) -> int:
+        """This process's rows (all rows unless ``data_parallel``)."""
         return len(self.rows)
 
     @property

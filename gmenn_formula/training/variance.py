@@ -54,11 +54,11 @@ def predict_held(model: FixedPart, rows: Rows) -> torch.Tensor:
 
 def initial_dispersion(problem: EMProblem, model: FixedPart, rows: Rows) -> tuple[float, float]:
     """(dispersion, covariance scale) to start EM from: half the mean squared residual of the
-    fixed part on ``rows`` and that residual for gaussian; 1.0 and 1.0 otherwise."""
+    fixed part on ``rows`` (every shard's) and that residual for gaussian; 1.0 and 1.0 otherwise."""
     if not problem.family.has_dispersion:
         return 1.0, 1.0
     F = predict_fixed(model, rows)
-    residual = float(((rows.y - F[:, 0]) ** 2).mean())
+    residual = float(rows.total(((rows.y - F[:, 0]) ** 2).double().sum())) / rows.num_total
     return residual / 2, residual
 
 
@@ -77,11 +77,13 @@ def make_estep(problem: EMProblem, config: FitConfig, sampler: SamplerConfig, we
     bounded in time (:class:`~gmenn_formula.training.watchdog.WatchedSampler`)."""
     seed = config.runtime.seed
     if config.estep.kind(problem.family.has_dispersion) == "exact":
-        estep = GaussianEStep(problem.terms, problem.y, weights, seed, problem.device)
+        estep = GaussianEStep(problem.terms, problem.y, weights, seed, problem.device, over_shards=problem.rows.over_shards)
     else:
         from gmenn_formula.estep.driver import EStep
+        from gmenn_formula.estep.sharded import row_mesh
 
-        estep = EStep(problem.family, problem.terms, problem.y, problem.trials, weights, problem.num_outputs, sampler, seed)
+        mesh = row_mesh() if problem.data_parallel else None
+        estep = EStep(problem.family, problem.terms, problem.y, problem.trials, weights, problem.num_outputs, sampler, seed, mesh)
     return WatchedSampler(estep, config.runtime.estep_timeout)
 
 
@@ -126,7 +128,7 @@ def variance_update(
         statistics = expand_second_moments(statistics, maps)
         if family.has_dispersion:  # the last term is at its conditional mean: add back its spread, A V A'
             A, V, ZtZ = maps[-1][:, :, 0].double(), conditionals.variances[-1], conditionals.ZtZ[-1]
-            spread = float(torch.einsum("qij,jk,qkl,il->", ZtZ, A, V, A)) / len(rows)
+            spread = float(torch.einsum("qij,jk,qkl,il->", ZtZ, A, V, A)) / rows.num_total
             new_dispersion = residual_variance(F, random_part(effects, rows), rows) + spread
     new_covariances = [_covariance(S, full) for S, full in zip(statistics, problem.correlated)]
     return effects, new_covariances, new_dispersion

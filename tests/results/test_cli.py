@@ -92,17 +92,33 @@ def test_predict_reads_parquet(fitted, capsys) -> None:
         (["fit", "y ~ nothere + (1 | g0)", "{train}", "-o", "{folder}/m.gmenn"], "error: Column 'nothere' used in the fixed part is not in the data."),
         (["fit", FORMULA, "{folder}/train.txt", "-o", "{folder}/m.gmenn"], "error: Cannot read"),
         (["fit", FORMULA, "{folder}/absent.csv", "-o", "{folder}/m.gmenn"], "error: No data file at"),
+        (["fit", FORMULA, "{folder}/none/*.parquet", "-o", "{folder}/m.gmenn"], "error: No Parquet files found at '{folder}/none/*.parquet'"),
+        (["fit", FORMULA, "{empty}", "-o", "{folder}/m.gmenn"], "error: No Parquet files found at '{empty}'"),
         (["summary", "{train}"], "error: {train} is not a readable gmenn model file"),
         (["predict", "{model}", "{folder}/new.csv", "-o", "{folder}/p.csv", "--no-new-levels"], "error: 5 row(s) of the new data have levels of 'g0' unseen"),
     ],
-    ids=["syntax", "column", "suffix", "absent-data", "corrupt-model", "new-levels"],
+    ids=["syntax", "column", "suffix", "absent-data", "glob-without-files", "folder-without-parquet", "corrupt-model", "new-levels"],
 )
 def test_mistakes_print_an_error_and_exit_2(fitted, capsys, argv: list[str], message: str) -> None:
     folder, model, _ = fitted
-    names = {"folder": folder, "train": folder / "train.csv", "model": model}
+    names = {"folder": folder, "train": folder / "train.csv", "model": model, "empty": folder / "empty"}
+    names["empty"].mkdir(exist_ok=True)
     assert main([a.format(**names) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message.format(**names)) and "Traceback" not in err
+
+
+def test_fit_of_a_parquet_folder_in_one_process_is_the_fit_of_its_rows(fitted, tmp_path: Path, capsys) -> None:
+    """One process (no torchrun) reads every file of a folder: the fit of their rows in file order."""
+    data = tiny_data("binomial")
+    for part in range(3):
+        data.iloc[part::3].to_parquet(tmp_path / f"part{part}.parquet")
+    options = ["--family", "binomial", "--epochs", "3", "--average-epochs", "2", "--seed", "1", "--verbose", "0"]
+    assert main(["fit", FORMULA, str(tmp_path), "-o", str(tmp_path / "m.gmenn"), *options]) == 0
+    assert "saved to" in capsys.readouterr().out
+    ordered = pd.concat([data.iloc[part::3] for part in range(3)])
+    direct = gf.gmenn(FORMULA, ordered, family="binomial", epochs=3, average_epochs=2, seed=1, verbose=0)
+    assert gf.load(tmp_path / "m.gmenn").varcorr()["variance"].tolist() == pytest.approx(direct.varcorr()["variance"].tolist(), rel=1e-9)
 
 
 def test_module_entry_point_reports_errors_without_traceback(tmp_path: Path) -> None:

@@ -1,0 +1,55 @@
+"""A fit whose rows lie in Parquet files, by every process of a torchrun job (or by one process).
+
+Each process reads its own files (:func:`~gmenn_formula.distributed.shards.shard_files`), the
+encodings are agreed (:func:`~gmenn_formula.distributed.design.agreed_design`), and every process
+runs the same Monte Carlo EM on its shard (:func:`~gmenn_formula.training.fit.fit_design` with
+``data_parallel``), so all end with the same estimates. Rank 0 writes the model file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from gmenn_formula.design import Design
+from gmenn_formula.distributed.design import agreed_design
+from gmenn_formula.distributed.group import ProcessGroup, gather_objects, start
+from gmenn_formula.distributed.shards import read_shard, shard_files
+from gmenn_formula.formula import Formula
+from gmenn_formula.results.result import GmennResult
+from gmenn_formula.training.config import FitConfig
+from gmenn_formula.training.progress import ProgressBar
+
+
+def fit_shards(
+    formula: str | Formula,
+    source: str | Path | list[str | Path],
+    family: str | None = None,
+    nets: Mapping | None = None,
+    na_action: str = "omit",
+    output: str | Path | None = None,
+    **control,
+) -> GmennResult:
+    """Fit ``formula`` to the rows of the Parquet files at ``source`` (a directory, a glob pattern
+    or a list of files), as :func:`~gmenn_formula.gmenn` does to a DataFrame (same ``family``,
+    ``nets``, ``na_action`` and ``**control``). Under torchrun every process calls this with the
+    same arguments and reads only its share of the files (file i to process i mod P); the result
+    is the same in every process, and rank 0 writes it to ``output`` if given. With several
+    processes the result keeps no training rows (like a model read from a file): predict with
+    ``newdata``; the log-likelihood is not computed. One process (no torchrun) reads every file
+    and returns a result with its rows, as ``gmenn()`` on them would."""
+    config = FitConfig.from_control(**control)
+    group = ProcessGroup.from_environment()
+    start(group)
+    shard = read_shard(shard_files(source, group))
+    design = agreed_design(formula, shard, family, group, na_action)
+    from gmenn_formula.training.fit import fit_design  # the engine (PyMC, PyTensor, JAX) loads here
+
+    with ProgressBar(enabled=config.runtime.verbose > 0 and group.leader) as bar:
+        state = fit_design(design, config, nets=nets, progress=bar.update, data_parallel=group.size > 1)
+    if group.size > 1:
+        design = Design.without_rows(design.spec, sum(gather_objects(design.num_dropped, group)))
+    result = GmennResult(design, state)
+    if output is not None and group.leader:
+        result.save(output)
+    return result
