@@ -69,6 +69,8 @@ def _worker(formula: str, folder: Path, seed: int) -> None:
         y = test["y"].to_numpy()
         report |= {
             "summary": str(result.summary()),
+            "epochs": result.state.epochs,
+            "best_epoch": result.state.best_epoch,
             "variances": result.varcorr()[["group", "term", "variance", "mcse"]].to_dict(orient="list"),
             "auc": macro_auc(y, result.predict(test).to_numpy()),
             "auc_ceiling": macro_auc(y, np.stack(test["p_true"].to_numpy())),
@@ -118,8 +120,8 @@ def main() -> None:
     print(reports[2][0]["summary"])
     factors = sorted(set(reports[1][0]["variances"]["group"]))
     print("\nVariances: the mean over the 5 classes per factor.\n")
-    print("| processes | seconds | rows per process | peak GB per process | " + " | ".join(factors) + " | variance MAE | held-out AUC |")
-    print("|---" * (6 + len(factors)) + "|")
+    print("| processes | seconds | epochs (best) | rows per process | peak GB per process | " + " | ".join(factors) + " | variance MAE | held-out AUC |")
+    print("|---" * (7 + len(factors)) + "|")
     for p, ranks in sorted(reports.items()):
         lead = ranks[0]
         groups, variances = np.array(lead["variances"]["group"]), np.array(lead["variances"]["variance"])
@@ -127,7 +129,7 @@ def main() -> None:
         error = np.mean(np.abs(variances - np.array([TRUE_VARIANCES[g] for g in groups])))
         memory = ", ".join(f"{r['peak_gb']:.2f}" for r in ranks)
         rows = ", ".join(str(r["rows"]) for r in ranks)
-        print(f"| {p} | {lead['seconds']:.0f} | {rows} | {memory} | " + " | ".join(means) + f" | {error:.3f} | {lead['auc']:.3f} |")
+        print(f"| {p} | {lead['seconds']:.0f} | {lead['epochs']} ({lead['best_epoch']}) | {rows} | {memory} | " + " | ".join(means) + f" | {error:.3f} | {lead['auc']:.3f} |")
     print(f"\nTrue variances: g0 1e-4 (1000 levels), g1 .5 (10 levels), g2 .5 (1000 levels); AUC of the true probabilities {reports[1][0]['auc_ceiling']:.3f}.")
     print("Both processes share this machine's cores, so 2 processes are not faster here (docs/distributed.md).")
 

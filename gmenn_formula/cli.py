@@ -33,6 +33,7 @@ from pathlib import Path
 
 from gmenn_formula.errors import DataError, EStepTimeoutError, GmennError, MissingValueWarning, NewLevelWarning, ScaleWarning
 from gmenn_formula.families import FAMILIES
+from gmenn_formula.paths import check_output
 from gmenn_formula.results import PREDICT_TYPES
 from gmenn_formula.training.config import FitConfig
 
@@ -64,17 +65,6 @@ def _check_input(path: str) -> None:
         raise DataError(f"Cannot read {path}: the data must be a .csv or .parquet file.")
     if not Path(path).is_file():
         raise DataError(f"No data file at {path}.")
-
-
-def _check_output(path: str) -> None:
-    """Refuse an output path whose folder is missing or not writable, before any work."""
-    folder = Path(path).resolve().parent
-    if Path(path).is_dir():
-        raise DataError(f"The output {path} is a directory; give a file name such as {Path(path) / 'out'}.")
-    if not folder.is_dir():
-        raise DataError(f"The output folder {folder} does not exist; create it or choose another -o path.")
-    if not os.access(folder, os.W_OK):
-        raise DataError(f"The output folder {folder} is not writable; choose another -o path.")
 
 
 def _control(args: argparse.Namespace) -> dict:
@@ -114,7 +104,7 @@ def _fit(args: argparse.Namespace) -> int:
     control = _control(args)
     FitConfig.from_control(**control)
     gf.parse(args.formula)
-    _check_output(args.output)
+    check_output(args.output)
     if _sharded(args.data):
         return _fit_shards(args, control)
     _check_input(args.data)
@@ -141,7 +131,7 @@ def _predict(args: argparse.Namespace) -> None:
     import gmenn_formula as gf
 
     _check_input(args.data)
-    _check_output(args.output)
+    check_output(args.output)
     result = gf.load(args.model)
     data = _read_data(args.data)
     re_form = "~0" if args.population_level else None

@@ -15,7 +15,9 @@ from gmenn_formula.design import Design
 from gmenn_formula.distributed.design import agreed_design
 from gmenn_formula.distributed.group import ProcessGroup, gather_objects, start
 from gmenn_formula.distributed.shards import read_shard, shard_files
+from gmenn_formula.errors import DataTypeError
 from gmenn_formula.formula import Formula
+from gmenn_formula.paths import check_output
 from gmenn_formula.results.result import GmennResult
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.progress import ProgressBar
@@ -39,6 +41,10 @@ def fit_shards(
     ``newdata``; the log-likelihood is not computed. One process (no torchrun) reads every file
     and returns a result with its rows, as ``gmenn()`` on them would."""
     config = FitConfig.from_control(**control)
+    if not isinstance(source, (str, Path, list)):
+        raise DataTypeError(f"source must be a directory, a glob pattern or a list of Parquet files, not {type(source).__name__}.")
+    if output is not None:
+        check_output(output)
     group = ProcessGroup.from_environment()
     start(group)
     shard = read_shard(shard_files(source, group))
