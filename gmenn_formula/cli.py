@@ -90,6 +90,8 @@ def _fit_shards(args: argparse.Namespace, control: dict) -> int:
     from gmenn_formula.distributed.group import ProcessGroup, stop
 
     leader = ProcessGroup.from_environment().leader
+    if not leader:  # every process would print the same warnings
+        warnings.simplefilter("ignore")
     result = fit_shards(args.formula, args.data, family=args.family, output=args.output, **{**control, "verbose": control["verbose"] * leader})
     if leader:
         print(result.summary())
