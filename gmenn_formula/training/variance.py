@@ -110,7 +110,7 @@ def variance_update(
     :class:`~gmenn_formula.mstep.step.GaussianConditionals`). Returns the effects (m, q, p, c)
     per term, the covariances, the dispersion (1.0 without one)."""
     family = problem.family
-    effects = tuple(torch.as_tensor(B, device=problem.device) for B in draws.effects)
+    drawn = effects = tuple(torch.as_tensor(B, device=problem.device) for B in draws.effects)
     current = [torch.as_tensor(S, device=problem.device) for S in covariances]
     new_dispersion = 1.0
     if family.has_dispersion:
@@ -123,7 +123,9 @@ def variance_update(
     else:
         statistics = [variance_statistics(B) for B in effects]
     if expand:
-        maps = expansion_maps(family, F, effects, rows, dispersion)
+        # From the draws themselves: a term at its conditional mean (shrunk toward 0) would read a
+        # working parameter above 1 at the fixed point (a gaussian GLMM's last term went .2 -> .43)
+        maps = expansion_maps(family, F, drawn, rows, dispersion)
         effects = expand_effects(effects, maps)
         statistics = expand_second_moments(statistics, maps)
         if family.has_dispersion:  # the last term is at its conditional mean: add back its spread, A V A'
