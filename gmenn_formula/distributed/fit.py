@@ -13,12 +13,14 @@ from pathlib import Path
 
 from gmenn_formula.design import Design
 from gmenn_formula.distributed.design import agreed_design
-from gmenn_formula.distributed.group import ProcessGroup, gather_objects, start
+from gmenn_formula.distributed.group import ProcessGroup, gather_objects, start, sum_arrays
 from gmenn_formula.distributed.shards import read_shard, shard_files
 from gmenn_formula.errors import DataTypeError
 from gmenn_formula.formula import Formula
 from gmenn_formula.paths import check_output
-from gmenn_formula.results.result import GmennResult
+from gmenn_formula.results.likelihood import LogLik, marginal_loglik
+from gmenn_formula.results.result import DEFAULT_LOGLIK, GmennResult
+from gmenn_formula.results.state import FitState
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.progress import ProgressBar
 
@@ -38,7 +40,8 @@ def fit_shards(
     same arguments and reads only its share of the files (file i to process i mod P); the result
     is the same in every process, and rank 0 writes it to ``output`` if given. With several
     processes the result keeps no training rows (like a model read from a file): predict with
-    ``newdata``; the log-likelihood is not computed. One process (no torchrun) reads every file
+    ``newdata``; its log-likelihood (AIC, BIC, ``anova``) is computed over every shard's rows
+    before the rows are dropped, by joint importance sampling. One process (no torchrun) reads every file
     and returns a result with its rows, as ``gmenn()`` on them would."""
     config = FitConfig.from_control(**control)
     if not isinstance(source, (str, Path, list)):
@@ -53,9 +56,19 @@ def fit_shards(
 
     with ProgressBar(enabled=config.runtime.verbose > 0 and group.leader) as bar:
         state = fit_design(design, config, nets=nets, progress=bar.update, data_parallel=group.size > 1)
-    if group.size > 1:
-        design = Design.without_rows(design.spec, sum(gather_objects(design.num_dropped, group)))
-    result = GmennResult(design, state)
+    if group.size == 1:
+        result = GmennResult(design, state)
+    else:
+        result = GmennResult(
+            Design.without_rows(design.spec, sum(gather_objects(design.num_dropped, group))), state, logliks={DEFAULT_LOGLIK: _loglik(design, state)}
+        )
     if output is not None and group.leader:
         result.save(output)
     return result
+
+
+def _loglik(shard: Design, state: FitState) -> LogLik:
+    """The fit's log-likelihood over every process's rows (``shard``: this process's), by joint
+    importance sampling with the same draws in every process and each draw's row sums all-reduced."""
+    F = GmennResult(shard, state)._linear_predictor(shard, include_random=False)
+    return marginal_loglik(shard, state, F, "auto", over_shards=sum_arrays)

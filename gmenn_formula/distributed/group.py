@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from gmenn_formula.errors import DistributedError
 
 JAX_COORDINATOR = "GMENN_JAX_COORDINATOR"
@@ -103,6 +105,14 @@ def stop() -> None:
 
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
+
+
+def sum_arrays(local: np.ndarray) -> np.ndarray:
+    """The sum over the processes of torch's group of the numpy array ``local`` (same shape
+    everywhere), in float64: the all-reduce of the log-likelihood's importance sampler."""
+    import torch
+
+    return sum_tensors(torch.from_numpy(np.ascontiguousarray(local, dtype=np.float64))).numpy()
 
 
 def single_shard(local: "torch.Tensor") -> "torch.Tensor":

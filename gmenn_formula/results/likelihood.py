@@ -63,6 +63,7 @@ apart in ``LogLik.network_parameters``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -225,13 +226,18 @@ def marginal_loglik(
     method: str = "auto",
     draws: int | None = None,
     seed: int = 0,
+    over_shards: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> LogLik:
     """log L of the fitting rows of ``design`` (see the module docstring).
 
     ``F`` (n, c): the fixed part's linear predictor on those rows.
     ``method``: "auto", "exact" (gaussian only) or "importance"; ``draws``:
     importance draws per estimate (None: ``DEFAULT_DRAWS``, cut by
-    ``WORK_BUDGET``); ``seed`` seeds them.
+    ``WORK_BUDGET``); ``seed`` seeds them. ``over_shards``: ``design`` holds one process's
+    shard of a data-parallel fit's rows and this sums an array over every process (an
+    all-reduce; every process must call this alike): joint importance sampling over every
+    shard's rows, the same draws in each process (the exact method and the per-level sampler
+    need all rows, or their nesting, in one process).
     """
     if method not in METHODS:
         raise DataError(f"method must be one of {METHODS}, not {method!r}.")
@@ -244,20 +250,30 @@ def marginal_loglik(
     one_factor = len({r.name for r in design.random}) == 1
     total_effects = sum(r.num_levels * len(r.term_names) * state.num_outputs for r in design.random)
     if method == "auto":
-        method = "exact" if gaussian and (one_factor or total_effects <= EXACT_MAX_EFFECTS) else "importance"
+        method = "exact" if gaussian and (one_factor or total_effects <= EXACT_MAX_EFFECTS) and over_shards is None else "importance"
     if method == "exact" and not gaussian:
         raise DataError(f"The exact marginal likelihood is available for the gaussian family only, not {family.name}; use method='importance'.")
+    if method == "exact" and over_shards is not None:
+        raise DataError("The exact marginal likelihood needs every row in one process; use method='importance' in a data-parallel fit.")
+    sharded = over_shards is not None
+    over_shards = over_shards or _this_process
+    num_rows = int(over_shards(np.array([float(design.num_rows)]))[0])
     df, network = count_parameters(design, state)
-    info = {"df": df, "nobs": design.num_rows, "network_parameters": network}
+    info = {"df": df, "nobs": num_rows, "network_parameters": network}
     if method == "exact":
         return LogLik(_gaussian_exact(design, state, F), method="exact", **info)
-    units = nested_units([r.codes.astype(np.int64) for r in design.random], [r.num_levels for r in design.random])
+    units = None if sharded else nested_units([r.codes.astype(np.int64) for r in design.random], [r.num_levels for r in design.random])
     kind = "per-level" if units is not None else "joint"
     if draws is None:
-        budget = WORK_BUDGET // max(design.num_rows * state.num_outputs, 1)
+        budget = WORK_BUDGET // max(num_rows * state.num_outputs, 1)
         draws = int(max(MIN_DRAWS, min(DEFAULT_DRAWS[kind], budget)))
-    value, se, ess = _importance(design, state, F, units=units, draws=draws, rng=np.random.default_rng(seed))
+    value, se, ess = _importance(design, state, F, units, draws, np.random.default_rng(seed), over_shards, num_rows)
     return LogLik(value, method=kind, se=se, draws=draws, ess=ess, **info)
+
+
+def _this_process(array: np.ndarray) -> np.ndarray:
+    """The sum over every shard when this process holds every row: ``array`` itself."""
+    return array
 
 
 def _roots(S: np.ndarray) -> np.ndarray:
@@ -285,10 +301,11 @@ class _Proposal:
     mixed with the prior (see the module docstring).
 
     Level block layout: (p, c) flattened, index k * c + class; B = v R_blk'.
-    ``fisher`` (n, c, c): each row's Fisher information in eta at the posterior mean.
+    ``fisher`` (n, c, c): each row's Fisher information in eta at the posterior mean;
+    ``over_shards`` sums the levels' information over every process's rows.
     """
 
-    def __init__(self, r, S: np.ndarray, mean: np.ndarray, fisher: np.ndarray) -> None:
+    def __init__(self, r, S: np.ndarray, mean: np.ndarray, fisher: np.ndarray, over_shards: Callable[[np.ndarray], np.ndarray]) -> None:
         q, p, c = mean.shape
         self.q, self.p, self.c, self.D = q, p, c, p * c
         D = self.D
@@ -300,7 +317,7 @@ class _Proposal:
         n = len(r.codes)
         per_row = np.einsum("nk,nl,nab->nkalb", r.Z, r.Z, fisher).reshape(n, D * D)
         to_level = sparse.csr_matrix((np.ones(n), (r.codes.astype(np.int64), np.arange(n))), shape=(q, n))
-        information = np.asarray(to_level @ per_row).reshape(q, D, D)
+        information = over_shards(np.asarray(to_level @ per_row)).reshape(q, D, D)
         precision = np.eye(D) + np.einsum("ji,qjk,kl->qil", self.R, information, self.R)
         covariance = np.linalg.inv(0.5 * (precision + np.swapaxes(precision, 1, 2)))
         self.L = np.linalg.cholesky(PROPOSAL_SCALE**2 * 0.5 * (covariance + np.swapaxes(covariance, 1, 2)))
@@ -347,11 +364,20 @@ def _to_unit(units: np.ndarray, count: int) -> sparse.csr_matrix:
 
 
 def _importance(
-    design: Design, state: FitState, F: np.ndarray, units: tuple[int, list[np.ndarray]] | None, draws: int, rng: np.random.Generator
+    design: Design,
+    state: FitState,
+    F: np.ndarray,
+    units: tuple[int, list[np.ndarray]] | None,
+    draws: int,
+    rng: np.random.Generator,
+    over_shards: Callable[[np.ndarray], np.ndarray],
+    num_rows: int,
 ):
     """(log L, MC s.e., effective draws) by importance sampling; see the module docstring.
     ``units``: the factor every term nests in and per term the unit (its level) of each level
-    (:func:`~gmenn_formula.design.grouping.nested_units`): one estimate per unit; None: joint."""
+    (:func:`~gmenn_formula.design.grouping.nested_units`): one estimate per unit; None: joint.
+    ``over_shards`` sums over every process's rows, ``num_rows`` of them (the chunks of draws
+    follow from it, so every process makes the same calls)."""
     response, family = design.response, design.family
     n, c = F.shape
     means = [mean.astype(np.float64) for mean in state.effect_mean]
@@ -359,7 +385,7 @@ def _importance(
     for r, mean in zip(design.random, means):
         center += np.einsum("np,npc->nc", r.Z, mean[r.codes])
     fisher = family.fisher(center, response.trials, state.dispersion)
-    proposals = [_Proposal(r, S, mean, fisher) for r, S, mean in zip(design.random, state.covariances, means)]
+    proposals = [_Proposal(r, S, mean, fisher, over_shards) for r, S, mean in zip(design.random, state.covariances, means)]
     if units is None:  # joint: every row and level in one unit
         count, row_units, level_units = 1, np.zeros(n, np.int64), [np.zeros(r.num_levels, np.int64) for r in design.random]
     else:
@@ -368,7 +394,7 @@ def _importance(
     rows_to_unit = _to_unit(row_units, count)
     levels_to_unit = [_to_unit(m, count) for m in level_units]
     lse1, lse2 = np.full(count, -np.inf), np.full(count, -np.inf)
-    per_draw = n * c + sum(pr.q * pr.D + n * pr.D for pr in proposals)
+    per_draw = num_rows * c + sum(pr.q * pr.D + num_rows * pr.D for pr in proposals)
     chunk = int(max(1, min(draws, _CHUNK // max(per_draw, 1))))
     done = 0
     while done < draws:
@@ -380,7 +406,7 @@ def _importance(
             eta += contribution
             log_ratio += (levels_to_unit[l].T @ ratio.T).T
         ll = family.loglik(response.y, eta, response.trials, state.dispersion)
-        log_w = log_ratio + (rows_to_unit.T @ ll.T).T
+        log_w = log_ratio + over_shards((rows_to_unit.T @ ll.T).T)
         lse1 = np.logaddexp(lse1, logsumexp(log_w, axis=0))
         lse2 = np.logaddexp(lse2, logsumexp(2 * log_w, axis=0))
         done += S

@@ -1,7 +1,7 @@
 """One process of a data-parallel fit, started by torchrun (tests/distributed/test_fit.py):
 ``fit_shards(FORMULA, DATA, family=FAMILY, output=OUT/model.gmenn, **CONTROL)`` (CONTROL: JSON),
 then ``OUT/rank{r}.json`` with what this process's result holds: variance components, fixed
-effects, nobs, whether it keeps training rows, predictions on ``DATA``'s rows (all files, read
+effects, nobs, the log-likelihood, whether it keeps training rows, predictions on ``DATA``'s rows (all files, read
 here only after the fit) and the number of rows this process read."""
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ summary = {
     "has_training_rows": result.has_training_rows,
     "predictions": [float(v) for v in pd.DataFrame(predictions).to_numpy().ravel()],
     "messages": result.state.messages,
+    "loglik": float(result.loglik()),
+    "loglik_se": result.loglik().se,
+    "loglik_nobs": result.loglik().nobs,
 }
 (out / f"rank{group.rank}.json").write_text(json.dumps(summary))
 stop()

@@ -52,6 +52,10 @@ def test_two_process_glmm_matches_one_process(tmp_path):
     assert not two["has_training_rows"]
     assert two["varcorr"]["variance"] == pytest.approx(one.varcorr()["variance"].tolist(), rel=0.01)
     assert two["fixef"] == pytest.approx(one.fixef()["estimate"].tolist(), rel=0.01, abs=1e-3)
+    # the log-likelihood over both shards' rows: the same importance draws as one process's joint sampler
+    joint = one.loglik(method="importance")
+    assert two["loglik_nobs"] == 4000
+    assert two["loglik"] == pytest.approx(float(joint), abs=3 * joint.se + 0.05)
 
 
 def test_two_process_network_fit_matches_one_process_within_training_spread(tmp_path):
