@@ -8,6 +8,7 @@ runs the same Monte Carlo EM on its shard (:func:`~gmenn_formula.training.fit.fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from gmenn_formula.design import Design
 from gmenn_formula.distributed.design import agreed_design
 from gmenn_formula.distributed.group import ProcessGroup, gather_objects, start, sum_arrays
 from gmenn_formula.distributed.shards import read_shard, shard_files
-from gmenn_formula.errors import DataTypeError
+from gmenn_formula.errors import DataTypeError, DistributedError
 from gmenn_formula.formula import Formula
 from gmenn_formula.paths import check_output
 from gmenn_formula.results.likelihood import LogLik, marginal_loglik
@@ -52,7 +53,9 @@ def fit_shards(
     start(group)
     shard = read_shard(shard_files(source, group))
     design = agreed_design(formula, shard, family, group, na_action)
-    from gmenn_formula.training.fit import fit_design  # the engine (PyMC, PyTensor, JAX) loads here
+    from gmenn_formula.training.fit import fit_design, resolve_device  # the engine (PyMC, PyTensor, JAX) loads here
+
+    _check_one_gpu_per_node(resolve_device(config.runtime.device), group)
 
     with ProgressBar(enabled=config.runtime.verbose > 0 and group.leader) as bar:
         state = fit_design(design, config, nets=nets, progress=bar.update, data_parallel=group.size > 1)
@@ -72,3 +75,15 @@ def _loglik(shard: Design, state: FitState) -> LogLik:
     importance sampling with the same draws in every process and each draw's row sums all-reduced."""
     F = GmennResult(shard, state)._linear_predictor(shard, include_random=False)
     return marginal_loglik(shard, state, F, "auto", over_shards=sum_arrays)
+
+
+def _check_one_gpu_per_node(device, group: ProcessGroup, environ: dict[str, str] | None = None) -> None:
+    """DistributedError for a GPU fit with several processes on one node (torchrun's
+    LOCAL_WORLD_SIZE > 1): every process would use the node's first GPU (one device per process,
+    by local rank, is not built); one process per node, or device='cpu', works."""
+    environ = os.environ if environ is None else environ
+    if group.size > 1 and device.type == "cuda" and int(environ.get("LOCAL_WORLD_SIZE", "1")) > 1:
+        raise DistributedError(
+            f"A data-parallel fit on GPUs runs one process per node (torchrun --nproc-per-node 1 on each); "
+            f"{environ['LOCAL_WORLD_SIZE']} processes on this node would all use its first GPU. Use device='cpu' for several processes per node."
+        )

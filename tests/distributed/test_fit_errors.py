@@ -41,3 +41,16 @@ def test_missing_files_and_columns_are_named(folder, tmp_path):
         gf.fit_shards("y ~ x + (1 | g)", str(tmp_path / "*.parquet"))
     with pytest.raises(ColumnNotFoundError, match="Column 'nothere' used in the fixed part is not in the data"):
         gf.fit_shards("y ~ nothere + (1 | g)", folder)
+
+
+def test_several_processes_on_one_node_may_not_share_its_gpu():
+    import torch
+
+    from gmenn_formula.distributed.fit import _check_one_gpu_per_node
+    from gmenn_formula.distributed.group import ProcessGroup
+
+    two = ProcessGroup(0, 2)
+    with pytest.raises(DistributedError, match="2 processes on this node would all use its first GPU"):
+        _check_one_gpu_per_node(torch.device("cuda"), two, {"LOCAL_WORLD_SIZE": "2"})
+    _check_one_gpu_per_node(torch.device("cuda"), two, {"LOCAL_WORLD_SIZE": "1"})  # one process per node
+    _check_one_gpu_per_node(torch.device("cpu"), two, {"LOCAL_WORLD_SIZE": "2"})
