@@ -1,2 +1,3 @@
-"""Data-parallel fits over several processes (torchrun): the process group, Parquet shards and
-shared encodings. See docs/distributed.md."""
+"""Data-parallel fits over several processes (torchrun): the process group, Parquet shards,
+shared encodings and the fit of a model to them (:func:`~gmenn_formula.distributed.fit.fit_shards`).
+See docs/distributed.md."""

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from gmenn_formula.design import Design
 from gmenn_formula.distributed.design import agreed_design
 from gmenn_formula.distributed.group import ProcessGroup, gather_objects, start, sum_arrays
@@ -42,8 +44,8 @@ def fit_shards(
     is the same in every process, and rank 0 writes it to ``output`` if given. With several
     processes the result keeps no training rows (like a model read from a file): predict with
     ``newdata``; its log-likelihood (AIC, BIC, ``anova``) is computed over every shard's rows
-    before the rows are dropped, by joint importance sampling. One process (no torchrun) reads every file
-    and returns a result with its rows, as ``gmenn()`` on them would."""
+    before the rows are dropped, by joint importance sampling. One process (no torchrun) reads
+    every file and returns a result with its rows, as ``gmenn()`` on them would."""
     config = FitConfig.from_control(**control)
     if not isinstance(source, (str, Path, list)):
         raise DataTypeError(f"source must be a directory, a glob pattern or a list of Parquet files, not {type(source).__name__}.")
@@ -77,7 +79,7 @@ def _loglik(shard: Design, state: FitState) -> LogLik:
     return marginal_loglik(shard, state, F, "auto", over_shards=sum_arrays)
 
 
-def _check_one_gpu_per_node(device, group: ProcessGroup, environ: dict[str, str] | None = None) -> None:
+def _check_one_gpu_per_node(device: torch.device, group: ProcessGroup, environ: dict[str, str] | None = None) -> None:
     """DistributedError for a GPU fit with several processes on one node (torchrun's
     LOCAL_WORLD_SIZE > 1): every process would use the node's first GPU (one device per process,
     by local rank, is not built); one process per node, or device='cpu', works."""
