@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from torch.nn.parallel import DistributedDataParallel
 
 from gmenn_formula.distributed.group import largest_over_processes
