@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from gmenn_formula.errors import DistributedError
 
 JAX_COORDINATOR = "GMENN_JAX_COORDINATOR"
+Summed = TypeVar("Summed")
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,9 @@ def sum_arrays(local: np.ndarray) -> np.ndarray:
     return sum_tensors(torch.from_numpy(np.ascontiguousarray(local, dtype=np.float64))).numpy()
 
 
-def single_shard(local: "torch.Tensor") -> "torch.Tensor":
-    """The sum over every shard when this process holds all the rows: ``local`` itself."""
+def single_shard(local: Summed) -> Summed:
+    """The sum over every shard when this process holds all the rows: ``local`` itself (a torch
+    tensor or a numpy array)."""
     return local
 
 

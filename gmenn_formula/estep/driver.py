@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from gmenn_formula.distributed.group import largest_over_processes
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep import sampler
 from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
 from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
 from gmenn_formula.estep.kernels import model_kernels
 from gmenn_formula.estep.precondition import BlockWhitening
-from gmenn_formula.estep.sharded import ShardedKernels, largest_shard, padded
+from gmenn_formula.estep.sharded import ShardedKernels, padded
 from gmenn_formula.families import Family
 
 VARIANCE_FLOOR = 1e-8
@@ -85,7 +86,7 @@ class EStep:
         self.config = config
         self.num_rows = self.padded_rows = len(y)
         if mesh is not None:  # shards of equal size: this one padded with weight-0 rows
-            self.padded_rows = size = largest_shard(len(y))
+            self.padded_rows = size = largest_over_processes(len(y), data_parallel=True)
             terms = tuple(TermArrays(padded(t.codes, size), padded(t.Z, size), t.num_levels) for t in terms)
             y, trials, weights = padded(y, size, y[0]), padded(trials, size, 1), padded(weights, size)
         structure = Structure.of(family, terms, y, trials, num_outputs)

@@ -39,13 +39,6 @@ _PARAMS = ModelParams(F=PartitionSpec(ROWS), chol_inverses=PartitionSpec(), disp
 _DATA = ModelData(*(PartitionSpec(ROWS),) * len(ModelData._fields))
 
 
-def largest_shard(rows: int) -> int:
-    """The most rows any process holds, given this process's ``rows`` (every process must call it)."""
-    from jax.experimental import multihost_utils
-
-    return int(np.max(multihost_utils.process_allgather(np.array([rows], np.int64))))
-
-
 def padded(array: np.ndarray, size: int, fill: float = 0) -> np.ndarray:
     """``array`` (n, ...) with rows of ``fill`` appended up to ``size`` rows: shards of unequal
     size become equal ones, the added rows given weight 0 (they then add nothing to the likelihood

@@ -73,6 +73,7 @@ from scipy.special import gammaln, logsumexp
 from gmenn_formula.design import Design
 from gmenn_formula.design.grouping import nested_units
 from gmenn_formula.design.sparse import PenalizedSystem, factored_design
+from gmenn_formula.distributed.group import single_shard
 from gmenn_formula.errors import DataError
 from gmenn_formula.results.arguments import check_count
 from gmenn_formula.results.state import FitState
@@ -256,7 +257,7 @@ def marginal_loglik(
     if method == "exact" and over_shards is not None:
         raise DataError("The exact marginal likelihood needs every row in one process; use method='importance' in a data-parallel fit.")
     sharded = over_shards is not None
-    over_shards = over_shards or _this_process
+    over_shards = over_shards or single_shard
     num_rows = int(over_shards(np.array([float(design.num_rows)]))[0])
     df, network = count_parameters(design, state)
     info = {"df": df, "nobs": num_rows, "network_parameters": network}
@@ -269,11 +270,6 @@ def marginal_loglik(
         draws = int(max(MIN_DRAWS, min(DEFAULT_DRAWS[kind], budget)))
     value, se, ess = _importance(design, state, F, units, draws, np.random.default_rng(seed), over_shards, num_rows)
     return LogLik(value, method=kind, se=se, draws=draws, ess=ess, **info)
-
-
-def _this_process(array: np.ndarray) -> np.ndarray:
-    """The sum over every shard when this process holds every row: ``array`` itself."""
-    return array
 
 
 def _roots(S: np.ndarray) -> np.ndarray:
