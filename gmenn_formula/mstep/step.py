@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -44,9 +45,9 @@ class Rows:
         """``local``, a sum over these rows, summed over every shard's rows."""
         return self.over_shards(local)
 
-    @property
+    @cached_property
     def num_total(self) -> int:
-        """The rows of every shard."""
+        """The rows of every shard (summed once per set of rows: an all-reduce in a data-parallel fit)."""
         return int(self.total(torch.tensor(float(len(self)), dtype=torch.float64)))
 
     def take(self, index: torch.Tensor) -> Rows:

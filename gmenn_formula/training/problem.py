@@ -36,7 +36,7 @@ class EMProblem:
     ``network_inputs`` its number of inputs; ``fixed_names`` the k linear fixed effects.
     ``data_parallel``: these are one process's shard of the rows of a data-parallel fit
     (:mod:`gmenn_formula.distributed`): ``rows`` sum over every shard, the E-step shards its
-    rows over the processes, and ``total_rows`` counts every shard's rows.
+    rows over the processes, and :attr:`total_rows` counts every shard's rows.
     """
 
     family: Family
@@ -53,7 +53,6 @@ class EMProblem:
     fixed_names: tuple[str, ...]
     device: torch.device
     data_parallel: bool = False
-    total_rows: int = 0
 
     @classmethod
     def from_design(cls, design: Design, device: torch.device, data_parallel: bool = False) -> EMProblem:
@@ -97,13 +96,17 @@ class EMProblem:
             fixed_names=design.fixed_names,
             device=device,
             data_parallel=data_parallel,
-            total_rows=rows.num_total,
         )
 
     @property
     def num_rows(self) -> int:
         """This process's rows (all rows unless ``data_parallel``)."""
         return len(self.rows)
+
+    @property
+    def total_rows(self) -> int:
+        """Every shard's rows (:attr:`num_rows` unless ``data_parallel``)."""
+        return self.rows.num_total
 
     @property
     def has_networks(self) -> bool:
