@@ -23,7 +23,6 @@ share of the files, rank 0 prints the summary and writes the model.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -81,7 +80,9 @@ def _settings() -> dict[str, object]:
 
 def _sharded(data: str) -> bool:
     """Whether ``data`` names Parquet shards (a directory or a glob pattern), or this process is one of a torchrun job's."""
-    return Path(data).is_dir() or any(mark in data for mark in "*?[") or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    from gmenn_formula.distributed.group import ProcessGroup
+
+    return Path(data).is_dir() or any(mark in data for mark in "*?[") or ProcessGroup.from_environment().size > 1
 
 
 def _fit_shards(args: argparse.Namespace, control: dict) -> int:

@@ -121,6 +121,13 @@ def test_fit_of_a_parquet_folder_in_one_process_is_the_fit_of_its_rows(fitted, t
     assert gf.load(tmp_path / "m.gmenn").varcorr()["variance"].tolist() == pytest.approx(direct.varcorr()["variance"].tolist(), rel=1e-9)
 
 
+def test_a_torchrun_environment_that_is_not_one_is_named(fitted, monkeypatch, capsys) -> None:
+    folder, _, _ = fitted
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert main(["fit", FORMULA, str(folder / "train.csv"), "-o", str(folder / "m.gmenn")]) == 2
+    assert capsys.readouterr().err.startswith("error: RANK and WORLD_SIZE must be integers (got RANK=None, WORLD_SIZE='two')")
+
+
 def test_module_entry_point_reports_errors_without_traceback(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "gmenn_formula", "summary", str(tmp_path / "none.gmenn")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
