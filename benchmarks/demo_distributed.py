@@ -17,14 +17,12 @@ import argparse
 import json
 import os
 import resource
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from torchrun_job import run_job  # benchmarks/, the script's folder
 
 HERE = Path(__file__).resolve().parent
 FILES = 4
@@ -79,26 +77,13 @@ def _worker(formula: str, folder: Path, seed: int) -> None:
     stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(processes: int, formula: str, data: Path, seed: int) -> list[dict]:
     """Run the worker in ``processes`` processes under torchrun; each one's report."""
     out = data / f"p{processes}"
     out.mkdir()
     (out / "train").symlink_to(data / "train")
     (out / "test.parquet").symlink_to(data / "test.parquet")
-    env = {**os.environ, "GMENN_JAX_COORDINATOR": f"127.0.0.1:{_free_port()}", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()), str(Path(__file__).resolve()), "--worker", formula, str(out), "--seed", str(seed),
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"the {processes}-process fit failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    run_job(__file__, ["--worker", formula, str(out), "--seed", str(seed)], processes, threads=max(1, (os.cpu_count() or 2) // processes))
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
 
 

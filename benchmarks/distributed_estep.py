@@ -18,14 +18,13 @@ import json
 import os
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from torchrun_job import run_job  # benchmarks/, the script's folder
 
 HERE = Path(__file__).resolve().parent
 FORMULA = "y ~ x0 + (1 | g0) + (1 | g1) + (1 | g2)"
@@ -121,19 +120,7 @@ def _network_epochs(design, effects: tuple[np.ndarray, ...], data_parallel: bool
 
 
 def _run(processes: int, folder: Path, out: Path, epochs: int, draws: int) -> list[dict]:
-    import socket
-
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    env = {**os.environ, "GMENN_JAX_COORDINATOR": f"127.0.0.1:{port()}"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-addr", "127.0.0.1",
-               "--master-port", str(port()), str(Path(__file__).resolve()), "--worker", str(folder), str(out), str(epochs), str(draws)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"P={processes} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    run_job(__file__, ["--worker", str(folder), str(out), str(epochs), str(draws)], processes)
     return [json.loads(Path(out, f"P{processes}_rank{r}.json").read_text()) for r in range(processes)]
 
 
