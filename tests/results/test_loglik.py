@@ -17,7 +17,8 @@ from scipy.stats import multivariate_normal
 import gmenn_formula as gf
 from gmenn_formula.errors import DataError, NoTrainingDataError
 from gmenn_formula.mstep.networks import FixedPart
-from gmenn_formula.results.likelihood import LogLik, count_parameters
+from gmenn_formula.distributed.group import single_shard
+from gmenn_formula.results.likelihood import LogLik, count_parameters, marginal_loglik
 from gmenn_formula.results.result import GmennResult
 from gmenn_formula.results.state import FitState
 from gmenn_formula.training.config import FitConfig
@@ -124,6 +125,20 @@ def test_exact_gaussian_loglik_matches_lme4(lme4_sleepstudy) -> None:
     assert lme4_sleepstudy.aic() == pytest.approx(-2 * loglik + 2 * 6) == pytest.approx(1763.94, abs=0.02)
     assert lme4_sleepstudy.bic() == pytest.approx(-2 * loglik + 6 * math.log(180)) == pytest.approx(1783.10, abs=0.02)
     assert lme4_sleepstudy.loglik() is loglik  # cached
+
+
+def test_a_sharded_loglik_samples_and_refuses_the_exact_method(crossed_gaussian) -> None:
+    """With ``over_shards`` (here the one-process identity) the rows may be one process's shard:
+    "auto" takes the joint importance sampler, the same draws as one process's, and "exact", which
+    needs every row in one process, is refused."""
+    fit = crossed_gaussian
+    F = fit._linear_predictor(fit.design, include_random=False)
+    with pytest.raises(DataError, match="needs every row in one process; use method='importance' in a data-parallel fit"):
+        marginal_loglik(fit.design, fit.state, F, "exact", over_shards=single_shard)
+    sampled = marginal_loglik(fit.design, fit.state, F, "auto", draws=2000, seed=0, over_shards=single_shard)
+    joint = fit.loglik(method="importance", draws=2000, seed=0)
+    assert sampled.method == joint.method == "joint" and sampled.nobs == joint.nobs == 60
+    assert float(sampled) == pytest.approx(float(joint), rel=1e-12) and sampled.se == pytest.approx(joint.se, rel=1e-12)
 
 
 def test_exact_gaussian_crossed_equals_the_dense_normal(crossed_gaussian) -> None:
