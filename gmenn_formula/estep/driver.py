@@ -23,7 +23,7 @@ from gmenn_formula.estep import sampler
 from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
 from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
 from gmenn_formula.estep.kernels import model_kernels
-from gmenn_formula.estep.precondition import BlockWhitening
+from gmenn_formula.estep.precondition import Whitening
 from gmenn_formula.estep.sharded import ShardedKernels, padded
 from gmenn_formula.families import Family
 
@@ -31,7 +31,7 @@ VARIANCE_FLOOR = 1e-8
 """Smallest prior variance passed to the sampler (relative to 1): keeps Cholesky factors finite at a boundary fit."""
 
 
-def _approximate_posterior_draw(rng: np.random.Generator, whitening: BlockWhitening, place: Callable) -> tuple[jax.Array, ...]:
+def _approximate_posterior_draw(rng: np.random.Generator, whitening: Whitening, place: Callable) -> tuple[jax.Array, ...]:
     """center + L^{-T} z with z ~ N(0, I): one draw of the whitening's Gaussian, per term (q_l, d_l),
     z placed by ``place``. z comes from numpy: JAX's normal sampler cost ~1 s of XLA compilation for
     this one draw per fit."""
@@ -44,7 +44,9 @@ def _on_device(value: Any) -> Any:
     return jax.tree.map(jnp.asarray, value)
 
 
-_unwhiten = jax.jit(BlockWhitening.unwhiten)
+@jax.jit
+def _unwhiten(whitening: Whitening, z: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    return whitening.unwhiten(z)
 
 
 def _floored(covariances: np.ndarray) -> np.ndarray:

@@ -20,13 +20,12 @@ from collections.abc import Callable
 from functools import lru_cache, partial
 
 import jax
-import jax.numpy as jnp
 from jax import Array, export
 
 from gmenn_formula.estep import sampler, store
 from gmenn_formula.estep.arrays import DrawInfo, SamplerConfig
 from gmenn_formula.estep.inputs import ModelData, ModelParams, Structure
-from gmenn_formula.estep.precondition import BlockWhitening, Position, build_whitening
+from gmenn_formula.estep.precondition import Position, Whitening, term_information, whitening_from_information
 from gmenn_formula.estep.runtime import configure_jax
 from gmenn_formula.families import Family
 
@@ -35,11 +34,14 @@ COMPILED_STRUCTURES = 8
 
 
 @partial(jax.jit, static_argnames=("family", "eta_fn"))
-def whitening_at(center, params: ModelParams, data: ModelData, precisions, family: Family, eta_fn) -> BlockWhitening:
-    """The whitening at ``center`` (per term (q_l, d_l)): the family's Fisher information of the rows
-    at the linear predictor ``eta_fn`` gives there, weighted, plus the prior ``precisions``."""
-    fisher = family.fisher(eta_fn(center, params, data), data.trials, params.dispersion, xp=jnp)
-    return build_whitening(center, fisher * data.weights[:, None, None], data.codes, data.Z, precisions)
+def whitening_at(center, params: ModelParams, data: ModelData, precisions, family: Family, eta_fn) -> Whitening:
+    """The whitening at ``center`` (per term (q_l, d_l)): the weighted rows' information at the linear
+    predictor ``eta_fn`` gives there (:func:`~gmenn_formula.estep.precondition.term_information`),
+    plus the prior ``precisions``."""
+    shapes = tuple((B.shape[0], Z.shape[1], B.shape[1] // Z.shape[1]) for B, Z in zip(center, data.Z, strict=True))
+    eta = eta_fn(center, params, data)
+    information = term_information(family, eta, data.trials, params.dispersion, data.weights, data.codes, data.Z, shapes)
+    return whitening_from_information(center, information, precisions)
 
 
 class ModelKernels:
@@ -50,7 +52,7 @@ class ModelKernels:
         self.structure = structure
         self._functions: dict[str, Callable] = {}
 
-    def whitening(self, center: Position, params: ModelParams, data: ModelData, precisions: tuple[Array, ...]) -> BlockWhitening:
+    def whitening(self, center: Position, params: ModelParams, data: ModelData, precisions: tuple[Array, ...]) -> Whitening:
         """The whitening at ``center`` (per term (q_l, d_l)) given the epoch's ``params``, the
         ``data`` and per term the prior ``precisions`` (c, p_l, p_l)."""
 
@@ -60,7 +62,7 @@ class ModelKernels:
         return self._function("whitening", "", trace)(center, params, data, precisions)
 
     def sample(
-        self, key: Array, state: sampler.SamplerState, config: SamplerConfig, whitening: BlockWhitening | None, params: ModelParams, data: ModelData
+        self, key: Array, state: sampler.SamplerState, config: SamplerConfig, whitening: Whitening | None, params: ModelParams, data: ModelData
     ) -> tuple[sampler.SamplerState, Position, DrawInfo]:
         """One chunk of ``config.num_draws`` draws (:func:`~gmenn_formula.estep.sampler.sample_chunk`)."""
 

@@ -10,7 +10,7 @@ draws and a :class:`DrawInfo`.
 Two kinds (``SamplerConfig.kind``):
 
 - ``"whitened"`` (default): NUTS with identity mass on z, where
-  B = center + L^{-T} z per level (:class:`~gmenn_formula.estep.precondition.BlockWhitening`),
+  B = center + L^{-T} z per level (:mod:`~gmenn_formula.estep.precondition`: per-level Cholesky, or diagonal-plus-rank-one for many classes),
   so the target is close to N(0, I). Step size: to start, the leapfrog
   scaling of a standard normal in D dimensions, ``min(1, 2 * D**-0.25)``;
   after each epoch ``log step += step_size_gain * (mean acceptance -
@@ -73,7 +73,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from gmenn_formula.estep.arrays import DrawInfo, SamplerConfig, SamplerKind
-from gmenn_formula.estep.precondition import BlockWhitening, Position, whitened_logdensity
+from gmenn_formula.estep.precondition import Position, Whitening, whitened_logdensity
 from gmenn_formula.errors import ControlError
 
 PAPER_INITIAL_STEP_SIZE = 0.1
@@ -129,10 +129,10 @@ def _identity(position: Position) -> Position:
     return position
 
 
-def _check_whitening(config: SamplerConfig, whitening: BlockWhitening | None) -> None:
+def _check_whitening(config: SamplerConfig, whitening: Whitening | None) -> None:
     if config.kind == "whitened" and whitening is None:
         raise ControlError(
-            "The 'whitened' sampler needs a BlockWhitening (see precondition.build_whitening); "
+            "The 'whitened' sampler needs a whitening (see precondition.build_whitening); "
             "use SamplerConfig(kind='paper') to sample in the original coordinates."
         )
     if config.kind == "paper" and whitening is not None:
@@ -145,7 +145,7 @@ def sample_chunk(
     state: SamplerState,
     logdensity_fn: Callable[..., Array],
     config: SamplerConfig,
-    whitening: BlockWhitening | None = None,
+    whitening: Whitening | None = None,
     logdensity_args: tuple[Any, ...] = (),
 ) -> tuple[SamplerState, Position, DrawInfo]:
     """One chunk: K NUTS draws warm-started from ``state``, the first R dropped.

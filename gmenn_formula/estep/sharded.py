@@ -22,7 +22,6 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import Array
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -30,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gmenn_formula.estep import sampler
 from gmenn_formula.estep.arrays import DrawInfo, SamplerConfig
 from gmenn_formula.estep.inputs import ModelData, ModelParams, Structure
-from gmenn_formula.estep.precondition import BlockWhitening, Position, level_information, prior_precision_block, whitening_from_precision
+from gmenn_formula.estep.precondition import Position, Whitening, term_information, whitening_from_information
 from gmenn_formula.estep.runtime import configure_jax
 
 ROWS = "rows"
@@ -70,9 +69,8 @@ class ShardedKernels:
 
         def shard_information(center: Position, params: ModelParams, data: ModelData) -> tuple[Array, ...]:
             eta = model.eta(center, params, data)
-            fisher = structure.family.fisher(eta, data.trials, params.dispersion, xp=jnp) * data.weights[:, None, None]
-            local = [level_information(c, Z, fisher, B.shape[0]) for c, Z, B in zip(data.codes, data.Z, center, strict=True)]
-            return tuple(jax.lax.psum(x, ROWS) for x in local)
+            local = term_information(structure.family, eta, data.trials, params.dispersion, data.weights, data.codes, data.Z, structure.shapes)
+            return jax.tree.map(lambda x: jax.lax.psum(x, ROWS), local)
 
         replicated = PartitionSpec()
         self.logdensity = jax.shard_map(shard_logdensity, mesh=mesh, in_specs=(replicated, _PARAMS, _DATA), out_specs=replicated)
@@ -88,14 +86,13 @@ class ShardedKernels:
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), value)
 
     @partial(jax.jit, static_argnums=0)
-    def whitening(self, center: Position, params: ModelParams, data: ModelData, precisions: tuple[Array, ...]) -> BlockWhitening:
+    def whitening(self, center: Position, params: ModelParams, data: ModelData, precisions: tuple[Array, ...]) -> Whitening:
         """The whitening at ``center`` (per term (q_l, d_l)): every process's rows' Fisher
         information, summed over processes, plus the prior ``precisions`` (c, p_l, p_l)."""
-        information = self._information(center, params, data)
-        return whitening_from_precision(center, [H + prior_precision_block(P) for H, P in zip(information, precisions, strict=True)])
+        return whitening_from_information(center, self._information(center, params, data), precisions)
 
     def sample(
-        self, key: Array, state: sampler.SamplerState, config: SamplerConfig, whitening: BlockWhitening | None, params: ModelParams, data: ModelData
+        self, key: Array, state: sampler.SamplerState, config: SamplerConfig, whitening: Whitening | None, params: ModelParams, data: ModelData
     ) -> tuple[sampler.SamplerState, Position, DrawInfo]:
         """One chunk of ``config.num_draws`` draws (:func:`~gmenn_formula.estep.sampler.sample_chunk`), the same in every process."""
         return sampler.sample_chunk(key, state, self.logdensity, config, whitening, (params, data))

@@ -29,7 +29,7 @@ from jax import export
 
 from gmenn_formula.estep.arrays import DrawInfo
 from gmenn_formula.estep.inputs import ModelData, ModelParams
-from gmenn_formula.estep.precondition import BlockWhitening
+from gmenn_formula.estep.precondition import BlockWhitening, RankOneWhitening
 from gmenn_formula.estep.sampler import SamplerState
 
 LIBRARIES = ("jax", "jaxlib", "pymc", "pytensor", "blackjax")
@@ -38,7 +38,7 @@ SOURCES = ("estep", "families")
 """Folders of the package whose source enters every key."""
 SUFFIX = ".jaxexport"
 
-for _type in (ModelData, ModelParams, BlockWhitening, SamplerState, DrawInfo):
+for _type in (ModelData, ModelParams, BlockWhitening, RankOneWhitening, SamplerState, DrawInfo):
     export.register_namedtuple_serialization(_type, serialized_name=f"gmenn_formula.{_type.__name__}")
 
 

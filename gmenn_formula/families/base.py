@@ -96,6 +96,12 @@ class Family(ABC):
         """(n, c, c) Fisher information of each row with respect to ``eta``, in array module
         ``xp`` (numpy, or ``jax.numpy`` inside the E-step)."""
 
+    def fisher_rank_one(self, eta, trials, dispersion, xp: ModuleType = np):
+        """(a, b), each (n, c), with each row's Fisher information ``diag(a_i) - b_i b_i^T``, or None
+        where it has no such form. The E-step's whitening of many outputs uses it
+        (:mod:`~gmenn_formula.estep.precondition`) instead of the (n, c, c) of :meth:`fisher`."""
+        return None
+
     @abstractmethod
     def mean(self, eta, xp: ModuleType = np):
         """Response-scale prediction: (n,) for one output, (n, c) class probabilities for categorical."""

@@ -61,6 +61,10 @@ class Categorical(Family):
         p = self.mean(eta, xp)
         return p[:, :, None] * xp.eye(eta.shape[1], dtype=p.dtype) - p[:, :, None] * p[:, None, :]
 
+    def fisher_rank_one(self, eta, trials, dispersion, xp: ModuleType = np):
+        p = self.mean(eta, xp)
+        return p, p
+
     def mean(self, eta, xp: ModuleType = np):
         e = xp.exp(eta - eta.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)

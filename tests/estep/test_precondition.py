@@ -9,7 +9,18 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.scipy import stats
 
-from gmenn_formula.estep.precondition import BlockWhitening, build_whitening, level_precision, whitened_logdensity, whitening_from_precision
+from gmenn_formula.estep.precondition import (
+    DENSE_OUTPUTS,
+    BlockWhitening,
+    RankOneWhitening,
+    build_whitening,
+    level_precision,
+    term_information,
+    uses_rank_one,
+    whitened_logdensity,
+    whitening_from_information,
+    whitening_from_precision,
+)
 from gmenn_formula.families import get_family
 from targets import linear_predictor
 
@@ -144,3 +155,71 @@ def test_batched_cholesky_and_triangular_inverse_match_numpy(d: int) -> None:
     L = np.asarray(batched_cholesky(jnp.asarray(H, jnp.float32)), np.float64)
     np.testing.assert_allclose(L, np.linalg.cholesky(H), rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(np.asarray(lower_triangular_inverse(jnp.asarray(L, jnp.float32))), np.linalg.inv(L), rtol=1e-3, atol=1e-3)
+
+
+def _many_class_problem(num_classes: int, constant_eta: bool) -> dict:
+    """(1 | a) with 5 levels on 60 rows with weights, ``num_classes`` classes; ``constant_eta``: every
+    row of a level has the same linear predictor (then the rank-one form is exact)."""
+    rng = np.random.default_rng(3)
+    n, q = 60, 5
+    codes = rng.integers(0, q, n)
+    eta = rng.normal(size=(q, num_classes))[codes] if constant_eta else rng.normal(size=(n, num_classes))
+    weights = np.where(np.arange(n) % 7 == 0, 0.0, 1.0)
+    return {
+        "eta": jnp.asarray(eta, jnp.float32),
+        "weights": jnp.asarray(weights, jnp.float32),
+        "codes": (jnp.asarray(codes, jnp.int32),),
+        "Z": (jnp.ones((n, 1), jnp.float32),),
+        "shapes": ((q, 1, num_classes),),
+        "precisions": (jnp.asarray(1.0 / rng.uniform(0.2, 2.0, (num_classes, 1, 1)), jnp.float32),),
+        "center": (jnp.asarray(rng.normal(size=(q, num_classes)), jnp.float32),),
+    }
+
+
+def _whitening_of(problem: dict, family=CATEGORICAL):
+    information = term_information(family, problem["eta"], None, 1.0, problem["weights"], problem["codes"], problem["Z"], problem["shapes"])
+    return information, whitening_from_information(problem["center"], information, problem["precisions"])
+
+
+def _implied_precisions(whitening, q: int, d: int) -> np.ndarray:
+    """(q, d, d) precision of B = unwhiten(z), z ~ N(0, I): the inverse of M M^T, M the map's matrix."""
+    columns = [np.asarray(whitening.unwhiten((jnp.tile(jnp.eye(d)[j], (q, 1)),))[0] - whitening.center[0]) for j in range(d)]
+    M = np.stack(columns, axis=-1)  # (q, d, d): column j is the image of e_j
+    return np.linalg.inv(M @ M.transpose(0, 2, 1))
+
+
+def test_many_classes_take_the_rank_one_whitening_and_it_is_exact_where_a_level_has_one_eta() -> None:
+    problem = _many_class_problem(DENSE_OUTPUTS + 4, constant_eta=True)
+    information, whitening = _whitening_of(problem)
+    assert isinstance(whitening, RankOneWhitening)
+    q, _, d = problem["shapes"][0]
+    fisher = CATEGORICAL.fisher(problem["eta"], None, None, xp=jnp) * problem["weights"][:, None, None]
+    dense = np.asarray(level_precision(problem["codes"][0], problem["Z"][0], fisher, problem["precisions"][0], q))
+    np.testing.assert_allclose(_implied_precisions(whitening, q, d), dense, rtol=2e-3, atol=2e-3)
+    z = (jnp.asarray(np.random.default_rng(0).normal(size=(q, d)), jnp.float32),)
+    np.testing.assert_allclose(whitening.whiten(whitening.unwhiten(z))[0], z[0], atol=1e-4)
+
+
+def test_rank_one_whitening_is_never_below_the_information_and_matches_its_formula() -> None:
+    problem = _many_class_problem(DENSE_OUTPUTS + 4, constant_eta=False)
+    information, whitening = _whitening_of(problem)
+    q, _, d = problem["shapes"][0]
+    info = information[0]
+    formula = (
+        jax.vmap(jnp.diag)(info.diagonal + problem["precisions"][0][:, 0, 0])
+        - np.einsum("qc,qd->qcd", info.total, info.total) / np.asarray(info.weight)[:, None, None]
+    )
+    implied = _implied_precisions(whitening, q, d)
+    np.testing.assert_allclose(implied, formula, rtol=2e-3, atol=2e-3)
+    fisher = CATEGORICAL.fisher(problem["eta"], None, None, xp=jnp) * problem["weights"][:, None, None]
+    dense = np.asarray(level_precision(problem["codes"][0], problem["Z"][0], fisher, problem["precisions"][0], q))
+    assert np.linalg.eigvalsh(implied - dense).min() > -1e-3  # the approximation is at least the precision
+
+
+def test_dense_whitening_stays_for_few_classes_slopes_and_other_families() -> None:
+    assert not uses_rank_one(CATEGORICAL, ((5, 1, DENSE_OUTPUTS),))
+    assert uses_rank_one(CATEGORICAL, ((5, 1, DENSE_OUTPUTS + 1), (3, 1, DENSE_OUTPUTS + 1)))
+    assert not uses_rank_one(CATEGORICAL, ((5, 1, DENSE_OUTPUTS + 1), (3, 2, DENSE_OUTPUTS + 1)))
+    assert not uses_rank_one(get_family("binomial"), ((5, 1, 1),))
+    problem = _many_class_problem(DENSE_OUTPUTS, constant_eta=False)
+    assert isinstance(_whitening_of(problem)[1], BlockWhitening)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmenn_formula.estep.precondition import build_whitening
+from gmenn_formula.estep.precondition import DENSE_OUTPUTS, RankOneWhitening, term_information, whitening_from_information
 from gmenn_formula.estep.sampler import SamplerConfig, SamplerState, init, sample_chunk
 from gmenn_formula.families import get_family
 from targets import linear_predictor
@@ -48,10 +48,13 @@ def run_epochs(
 
 
 def whitening_at(center: Position, data: dict[str, Any], family: Any) -> Any:
-    """Whitening at ``center`` from the family's Fisher information there (trials unused: no binomial here)."""
+    """Whitening at ``center`` from the family's information there (trials unused: no binomial here):
+    per-level Cholesky factors, or the rank-one form for many classes."""
     eta = linear_predictor(data["F"], data["codes"], data["Z"], center)
-    fisher = family.fisher(eta, None, data["params"], xp=jnp)
-    return build_whitening(center, fisher, data["codes"], data["Z"], data["precisions"])
+    shapes = [(B.shape[0], 1, B.shape[1]) for B in center]
+    weights = jnp.ones(eta.shape[0], jnp.float32)
+    information = term_information(family, eta, None, data["params"], weights, data["codes"], data["Z"], shapes)
+    return whitening_from_information(center, information, data["precisions"])
 
 
 def flat(draws: Position) -> np.ndarray:
@@ -132,34 +135,44 @@ def softmax_logdensity(position: Position, data: dict[str, Any]) -> jax.Array:
 
 @pytest.fixture(scope="module")
 def softmax() -> dict[str, Any]:
+    return softmax_problem(NUM_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def softmax_many_classes() -> dict[str, Any]:
+    """As ``softmax`` with more classes than the dense whitening takes: the rank-one whitening."""
+    return softmax_problem(DENSE_OUTPUTS + 4)
+
+
+def softmax_problem(num_classes: int) -> dict[str, Any]:
     """1000 rows, one factor of 50 levels, unit variance; the MAP and the Laplace variances of B."""
     rng = np.random.default_rng(3)
     n = 1000
     codes = rng.integers(0, SOFTMAX_LEVELS, n)
-    F = rng.normal(size=(n, NUM_CLASSES))
-    eta = F + rng.normal(size=(SOFTMAX_LEVELS, NUM_CLASSES))[codes]
+    F = rng.normal(size=(n, num_classes))
+    eta = F + rng.normal(size=(SOFTMAX_LEVELS, num_classes))[codes]
     probabilities = np.exp(eta) / np.exp(eta).sum(1, keepdims=True)
-    y = (rng.random((n, 1)) > np.cumsum(probabilities, 1)).sum(1).clip(max=NUM_CLASSES - 1)
+    y = (rng.random((n, 1)) > np.cumsum(probabilities, 1)).sum(1).clip(max=num_classes - 1)
     data = {
         "codes": (jnp.asarray(codes, jnp.int32),),
         "Z": (jnp.ones((n, 1), jnp.float32),),
         "F": jnp.asarray(F, jnp.float32),
         "y": jnp.asarray(y, jnp.int32),
         "params": None,
-        "precisions": (jnp.ones((NUM_CLASSES, 1, 1), jnp.float32),),
+        "precisions": (jnp.ones((num_classes, 1, 1), jnp.float32),),
     }
     problem = {
-        "shapes": [(SOFTMAX_LEVELS, NUM_CLASSES)],
+        "shapes": [(SOFTMAX_LEVELS, num_classes)],
         "data": data,
         "family": get_family("categorical"),
         "logdensity": softmax_logdensity,
     }
 
     def negative_logdensity(b: jax.Array) -> jax.Array:
-        return -softmax_logdensity((b.reshape(SOFTMAX_LEVELS, NUM_CLASSES),), data)
+        return -softmax_logdensity((b.reshape(SOFTMAX_LEVELS, num_classes),), data)
 
     gradient, hessian = jax.jit(jax.grad(negative_logdensity)), jax.jit(jax.hessian(negative_logdensity))
-    b = jnp.zeros(SOFTMAX_LEVELS * NUM_CLASSES, jnp.float32)
+    b = jnp.zeros(SOFTMAX_LEVELS * num_classes, jnp.float32)
     for _ in range(20):  # Newton on a strictly concave posterior
         b = b - jnp.linalg.solve(hessian(b), gradient(b))
     problem["map"] = np.asarray(b, np.float64)
@@ -167,9 +180,13 @@ def softmax() -> dict[str, Any]:
     return problem
 
 
-def test_whitened_softmax_mixes_and_matches_map(softmax: dict[str, Any]) -> None:
+@pytest.mark.parametrize("problem", ["softmax", "softmax_many_classes"])
+def test_whitened_softmax_mixes_and_matches_map(problem: str, request: pytest.FixtureRequest) -> None:
+    softmax = request.getfixturevalue(problem)
     config = SamplerConfig(num_draws=200, burn_in=20)
     _, draws, infos = run_epochs("whitened", softmax, config, num_epochs=4)
+    many = softmax["shapes"][0][1] > DENSE_OUTPUTS
+    assert isinstance(whitening_at((jnp.zeros(softmax["shapes"][0]),), softmax["data"], softmax["family"]), RankOneWhitening) == many
     chain = flat(draws[-1]).astype(np.float64)
     acceptance = float(np.mean([info.mean_acceptance for info in infos[1:]]))
     assert 0.5 < acceptance < 0.99
@@ -239,7 +256,7 @@ def test_one_compilation_serves_every_epoch(softmax: dict[str, Any]) -> None:
 def test_kind_and_whitening_must_agree(softmax: dict[str, Any]) -> None:
     data = softmax["data"]
     state = init((jnp.zeros((SOFTMAX_LEVELS, NUM_CLASSES)),), SamplerConfig())
-    with pytest.raises(ValueError, match="needs a BlockWhitening"):
+    with pytest.raises(ValueError, match="needs a whitening"):
         sample_chunk(jax.random.key(0), state, softmax_logdensity, SamplerConfig(), None, (data,))
     whitening = whitening_at(state.position, data, softmax["family"])
     with pytest.raises(ValueError, match="pass whitening=None"):

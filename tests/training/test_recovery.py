@@ -59,6 +59,21 @@ def test_categorical_three_crossed_factors_per_class_variances():
     assert fit.varcorr()["class"].nunique() == 3
 
 
+@pytest.mark.slow
+def test_categorical_with_many_classes_recovers_variances():
+    """20 classes (more than the dense whitening takes: the E-step whitens each level by a diagonal
+    plus rank one) and two crossed factors; the class variances averaged per factor."""
+    sim = paper_scenario(
+        rows=6000, features=2, classes=20, levels=(60, 40), variances=(0.6, 0.3), family="categorical",
+        nonlinear=False, seed=3, rows_per_level=100,
+    )
+    fit = gf.gmenn(sim.formula, sim.data, family="categorical", verbose=0)
+    table = fit.varcorr()
+    means = table[table["term2"].isna()].groupby("group")["variance"].mean()
+    print("many classes: mean class variance per factor", means.to_dict())
+    np.testing.assert_allclose(means[["g0", "g1"]].to_numpy(), [0.6, 0.3], atol=0.1)
+
+
 def held_out_nll(fit, test) -> float:
     mean = fit.predict(test)
     sigma2 = fit.state.dispersion
