@@ -140,6 +140,8 @@ class VariancePhases:
         self.groups = unit_groups(problem)
         self.messages: list[str] = []
         self.result: Estimate | None = None
+        self.block_epochs = 0
+        """Epochs the blocks of :meth:`estimate` have run."""
 
     def _draw(self, num_draws: int, burn_in: int | None = None) -> tuple[EpochDraws, torch.Tensor, float]:
         """One E-step of ``num_draws`` draws on all rows at the current parameters, the first ``burn_in``
@@ -246,12 +248,22 @@ class VariancePhases:
     def estimate(self) -> None:
         """Blocks of epochs at fixed parameters, each ending in a Newton step once the step stands
         out of its Monte Carlo error; the block whose step does not, and whose error is within what
-        is allowed, is the last: its estimate is reported and its draws give the effects."""
+        is allowed, is the last: its estimate is reported and its draws give the effects. The
+        blocks run ``max_average_epochs`` epochs at most, all together."""
         previous: BlockRecord | None = None
+        limit = self.config.convergence.max_average_epochs
+        self.block_epochs = 0
         for _ in range(MAX_BLOCKS):
-            estimate, final, previous = self._block(previous)
+            estimate, final, previous = self._block(previous, limit - self.block_epochs)
             self._move_to(estimate)
             if final:
+                break
+            if self.block_epochs >= limit:
+                self.messages.append(
+                    f"The Newton steps on the variance components still moved after {limit} epochs of blocks; the "
+                    "estimates are those of the last step, their Monte Carlo errors those of the block before it. "
+                    "Increase max_average_epochs= or draws=, or check the model."
+                )
                 break
         else:
             self.messages.append(
@@ -265,11 +277,11 @@ class VariancePhases:
         if beta is not None:
             self.set_beta(beta)
 
-    def _block(self, previous: BlockRecord | None) -> tuple[Estimate, bool, BlockRecord | None]:
-        """Epochs at the current parameters, looked at every ``window`` epochs: a Newton step
-        beyond its Monte Carlo error ends the block with that step (damped); a step within it ends
-        the fit once the error is small enough and ``average_epochs`` are done (or after
-        ``max_average_epochs``), pooled with ``previous`` (the block before, when its step was
+    def _block(self, previous: BlockRecord | None, budget: int) -> tuple[Estimate, bool, BlockRecord | None]:
+        """At most ``budget`` epochs at the current parameters, looked at every ``window`` epochs: a
+        Newton step beyond its Monte Carlo error ends the block with that step (damped); a step
+        within it ends the fit once the error is small enough and ``average_epochs`` are done (or
+        when the budget is spent), pooled with ``previous`` (the block before, when its step was
         taken whole) where the two agree. Returns the estimate, whether it is the final one, and
         this block's record when the next block may pool with it (its step taken whole), else None."""
         layout, rows, convergence = self.layout, self.problem.rows, self.config.convergence
@@ -278,7 +290,8 @@ class VariancePhases:
         information = MissingInformation(self.problem, layout, self.groups)
         self.moments = EffectMoments(list(self.problem.shapes))
         targets, num_draws = [], self.block_draws
-        for epoch in range(1, convergence.max_average_epochs + 1):
+        for epoch in range(1, budget + 1):
+            self.block_epochs += 1
             started = time.perf_counter()
             # the chain carries on at fixed parameters: only the block's first epoch follows a change
             draws, F, estep_seconds = self._draw(num_draws, None if epoch == 1 else 0)
@@ -306,8 +319,8 @@ class VariancePhases:
         estimate, _ = self._newton(theta, targets, information)
         self.messages.append(
             f"Monte Carlo error of the variance components is above {convergence.mcse_target:.0%} (or a tenth of "
-            f"their sampling error, if larger) after {convergence.max_average_epochs} epochs at the last "
-            "parameters; see varcorr()['mcse']. Increase max_average_epochs= or draws= for tighter estimates."
+            f"their sampling error, if larger) after {convergence.max_average_epochs} epochs of blocks (the last "
+            f"{len(targets)} at the last parameters); see varcorr()['mcse']. Increase max_average_epochs= or draws= for tighter estimates."
         )
         return estimate, True, None
 
