@@ -4,7 +4,8 @@ Every process builds the same binomial data (2,000 rows, two crossed factors), k
 other row (its shard), and writes to ``OUT/rank{r}.json``: the sharded log density and its
 gradient at a fixed position next to the same on all rows in this one process (no mesh), the
 whitening's Cholesky factors both ways, two chunks of NUTS draws from the sharded sampler, and the
-posterior means of the effects from a sharded EStep beside those from a one-process EStep on all rows.
+posterior means of the effects from a sharded EStep beside those from a one-process EStep on all rows,
+and the many-class (rank-one) whitening of a 20-class categorical model both ways.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from gmenn_formula.estep.arrays import SamplerConfig, TermArrays  # noqa: E402
 from gmenn_formula.estep.driver import EStep  # noqa: E402
 from gmenn_formula.estep.inputs import ModelParams, Structure, model_data  # noqa: E402
 from gmenn_formula.estep.model import compile_structure  # noqa: E402
-from gmenn_formula.estep.precondition import build_whitening  # noqa: E402
+from gmenn_formula.estep.kernels import whitening_at  # noqa: E402
+from gmenn_formula.estep.precondition import DENSE_OUTPUTS, build_whitening  # noqa: E402
 from gmenn_formula.estep.sharded import ShardedKernels, row_mesh  # noqa: E402
 from gmenn_formula.families import get_family  # noqa: E402
 
@@ -98,6 +100,41 @@ uneven = everything[:1100] if group.rank == 0 else everything[1100:]  # 1,100 an
 uneven_estep = EStep(family, term_arrays(uneven), y[uneven], trials[uneven], np.ones(len(uneven), np.float32), 1, chunked, seed=3, mesh=row_mesh())
 uneven_means = posterior_means(uneven_estep, uneven)
 
+# Many classes: the rank-one whitening's per-level sums are summed over the shards as the blocks are.
+classes = DENSE_OUTPUTS + 4
+categorical = get_family("categorical")
+class_rng = np.random.default_rng(1)
+y_class = class_rng.integers(0, classes, n)
+F_class = class_rng.normal(0, 0.5, (n, classes)).astype(np.float32)
+class_center = tuple(jnp.asarray(class_rng.normal(0, 0.3, (q, classes)), jnp.float32) for q in levels)
+class_precisions = tuple(jnp.full((classes, 1, 1), 2.0, jnp.float32) for _ in levels)
+
+
+def class_problem(rows: np.ndarray):
+    terms = term_arrays(rows)
+    chol_inverse = tuple(jnp.full((classes, 1, 1), np.sqrt(2.0), jnp.float32) for _ in levels)
+    params = ModelParams(F=jnp.asarray(F_class[rows]), chol_inverses=chol_inverse, dispersion=jnp.float32(1.0))
+    return Structure.of(categorical, terms, y_class[rows], trials[rows], classes), params, model_data(terms, y_class[rows], trials[rows], np.ones(len(rows), np.float32))
+
+
+class_structure, class_params, class_data = class_problem(everything)
+whole_rank_one = whitening_at(class_center, class_params, class_data, class_precisions, categorical, compile_structure(class_structure).eta)
+local_structure, local_params, local_data = class_problem(shard)
+class_kernels = ShardedKernels(local_structure, row_mesh())
+sharded_rank_one = class_kernels.whitening(
+    class_kernels.replicated(class_center),
+    ModelParams(F=class_kernels.rows(local_params.F), chol_inverses=class_kernels.replicated(local_params.chol_inverses), dispersion=class_kernels.replicated(local_params.dispersion)),
+    jax.tree.map(class_kernels.rows, local_data),
+    class_kernels.replicated(class_precisions),
+)
+
+
+def rank_one_fields(whitening) -> dict:
+    return {"kind": type(whitening).__name__} | {
+        name: [np.asarray(x).ravel().tolist() for x in getattr(whitening, name)] for name in ("scale", "direction", "gain")
+    }
+
+
 out = Path(sys.argv[1])
 (out / f"rank{group.rank}.json").write_text(
     json.dumps(
@@ -113,6 +150,8 @@ out = Path(sys.argv[1])
             "sharded_means": sharded_means,
             "whole_means": whole_means,
             "uneven_means": uneven_means,
+            "rank_one": rank_one_fields(whole_rank_one),
+            "sharded_rank_one": rank_one_fields(sharded_rank_one),
         }
     )
 )

@@ -60,3 +60,13 @@ def test_shards_of_unequal_size_are_padded_and_draw_the_same(ranks):
     whole = np.concatenate(ranks[0]["whole_means"])
     assert np.corrcoef(uneven, whole)[0, 1] > 0.9
     assert np.abs(uneven - whole).mean() < 0.15
+
+
+def test_sharded_rank_one_whitening_equals_all_rows_in_one_process(ranks):
+    """More classes than the dense whitening takes: the per-level sums of the rank-one whitening,
+    summed over the shards, give the whitening of all rows in one process."""
+    for r in ranks:
+        assert r["rank_one"]["kind"] == r["sharded_rank_one"]["kind"] == "RankOneWhitening"
+        for name in ("scale", "direction", "gain"):
+            for sharded, whole in zip(r["sharded_rank_one"][name], r["rank_one"][name], strict=True):
+                np.testing.assert_allclose(sharded, whole, rtol=1e-4, atol=1e-6)
