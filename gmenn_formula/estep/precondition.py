@@ -218,7 +218,7 @@ class RankOneInformation(NamedTuple):
 
 class RankOneWhitening(NamedTuple):
     """Affine map B_l[q] = center + s * (z + g v (v . z)) per level of a one-coefficient term, the
-    inverse square root of the precision ``diag(1 / s^2)^(1/2) (I - v v^T) diag(1 / s^2)^(1/2)``.
+    inverse square root of the precision ``diag(1 / s) (I - v v^T) diag(1 / s)``.
 
     ``center[l]``, ``scale[l]`` (s), ``direction[l]`` (v): (q_l, c); ``gain[l]`` (g): (q_l,),
     ``1 / (r (1 + r))`` with ``r = sqrt(1 - |v|^2)``. O(q c) per map where :class:`BlockWhitening`
