@@ -8,6 +8,7 @@ center of the whitening (the mean of the previous epoch's draws), and turns
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -23,7 +24,7 @@ from gmenn_formula.estep import sampler
 from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
 from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
 from gmenn_formula.estep.kernels import model_kernels
-from gmenn_formula.estep.precondition import Whitening
+from gmenn_formula.estep.precondition import DENSE_OUTPUTS, Whitening, dense_whitening_bytes
 from gmenn_formula.estep.sharded import ShardedKernels, padded
 from gmenn_formula.families import Family
 
@@ -47,6 +48,28 @@ def _on_device(value: Any) -> Any:
 @jax.jit
 def _unwhiten(whitening: Whitening, z: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     return whitening.unwhiten(z)
+
+
+def available_memory() -> int:
+    """Bytes of physical memory free now (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def check_whitening_fits(structure: Structure) -> None:
+    """ControlError where the dense whitening of ``structure`` would hold more than the free memory
+    (many classes with several coefficients per term: n x (p c)^2 floats), naming the sizes and what to do."""
+    needed, free = dense_whitening_bytes(structure.family, structure.n, structure.shapes), available_memory()
+    if free and needed > free:
+        q, p, c = max(structure.shapes, key=lambda shape: shape[1])
+        raise ControlError(
+            f"The whitened E-step would hold {needed / 2**20:,.0f} MiB at once ({structure.n:,} rows x per-level blocks of "
+            f"{p} coefficients x {c} classes = {p * c} dimensions, squared) and {free / 2**20:,.0f} MiB are free. "
+            f"Use sampler='paper' (no whitening), fewer rows, or one coefficient per term: with more than "
+            f"{DENSE_OUTPUTS} classes those are whitened by a diagonal plus rank one."
+        )
 
 
 def _floored(covariances: np.ndarray) -> np.ndarray:
@@ -92,6 +115,8 @@ class EStep:
             terms = tuple(TermArrays(padded(t.codes, size), padded(t.Z, size), t.num_levels) for t in terms)
             y, trials, weights = padded(y, size, y[0]), padded(trials, size, 1), padded(weights, size)
         structure = Structure.of(family, terms, y, trials, num_outputs)
+        if config.kind == "whitened":
+            check_whitening_fits(structure)
         if mesh is None:
             self.kernels = model_kernels(structure)
             self.rows = self.replicated = _on_device

@@ -259,6 +259,17 @@ def uses_rank_one(family: Any, shapes: Sequence[tuple[int, int, int]]) -> bool:
     return many_outputs and family.fisher_rank_one(np.zeros((1, shapes[0][2])), np.ones(1), 1.0) is not None
 
 
+def dense_whitening_bytes(family: Any, n: int, shapes: Sequence[tuple[int, int, int]]) -> int:
+    """Bytes the dense whitening's build holds at once for ``n`` rows and terms of ``shapes``
+    (q_l, p_l, c): the rows' Fisher information (n, c, c) and one term's per-row blocks (n, d, d),
+    float32; 0 where :func:`uses_rank_one`."""
+    if uses_rank_one(family, shapes):
+        return 0
+    c = shapes[0][2]
+    d = max(p * c for _, p, c in shapes)
+    return 4 * n * (c * c + d * d)
+
+
 def term_information(
     family: Any, eta: Array, trials: Array, dispersion: Array, weights: Array, codes: tuple[Array, ...], Z: tuple[Array, ...], shapes: Sequence[tuple[int, int, int]]
 ) -> tuple[Array | RankOneInformation, ...]:

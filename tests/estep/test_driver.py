@@ -52,3 +52,31 @@ def test_epochs_of_any_multiple_of_the_chunk_share_one_compilation():
         estep.draw(F, covariances, 1.0, 3, 1)
     with pytest.raises(ControlError, match="burn_in=0"):
         EStep(estep.family, (), np.ones(2), np.ones(2), np.ones(2), 1, SamplerConfig(num_draws=2, burn_in=1), seed=0)
+
+
+def _many_class_estep(num_coefs: int, kind: str = "whitened") -> EStep:
+    """20 classes, one 30-level term with ``num_coefs`` coefficients, 400 rows."""
+    rng = np.random.default_rng(0)
+    n, classes = 400, 20
+    Z = np.concatenate([np.ones((n, 1)), rng.normal(size=(n, num_coefs - 1))], axis=1).astype(np.float32)
+    terms = (TermArrays(codes=rng.integers(0, 30, n).astype(np.int32), Z=Z, num_levels=30),)
+    config = SamplerConfig(kind=kind, num_draws=2, burn_in=0, max_tree_depth=3)
+    y = rng.integers(0, classes, n)
+    return EStep(get_family("categorical"), terms, y, np.ones(n, np.float32), np.ones(n, np.float32), classes, config, seed=0)
+
+
+def test_a_dense_whitening_larger_than_the_free_memory_is_refused_with_what_to_do(monkeypatch):
+    """20 classes with a random slope need the dense whitening (400 rows x 40 x 40 blocks + the
+    20 x 20 information: 2.9 MB); with 1 MB free it is refused, naming the sizes and the ways out,
+    before any memory is taken. One coefficient per term (rank-one whitening) and the unwhitened
+    'paper' sampler need no such memory."""
+    import gmenn_formula.estep.driver as driver
+
+    monkeypatch.setattr(driver, "available_memory", lambda: 2**20)
+    with pytest.raises(ControlError) as error:
+        _many_class_estep(num_coefs=2)
+    message = str(error.value)
+    for part in ("3 MiB", "1 MiB are free", "400 rows", "2 coefficients x 20 classes = 40 dimensions", "sampler='paper'", "one coefficient per term"):
+        assert part in message
+    _many_class_estep(num_coefs=1)
+    _many_class_estep(num_coefs=2, kind="paper")
