@@ -191,11 +191,8 @@ def build_whitening(
     dispersion)``; ``codes[l]`` (n,), ``Z[l]`` (n, p_l),
     ``prior_precisions[l]`` (C, p_l, p_l) = inverse of Sigma_l. Jitted.
     """
-    precision = [
-        level_precision(codes_l, Z_l, fisher, P_l, B_l.shape[0])
-        for codes_l, Z_l, P_l, B_l in zip(codes, Z, prior_precisions, center, strict=True)
-    ]
-    return whitening_from_precision(center, precision)
+    information = [level_information(codes_l, Z_l, fisher, B_l.shape[0]) for codes_l, Z_l, B_l in zip(codes, Z, center, strict=True)]
+    return whitening_from_information(center, information, prior_precisions)
 
 
 DENSE_OUTPUTS = 16

@@ -132,7 +132,7 @@ def _identity(position: Position) -> Position:
 def _check_whitening(config: SamplerConfig, whitening: Whitening | None) -> None:
     if config.kind == "whitened" and whitening is None:
         raise ControlError(
-            "The 'whitened' sampler needs a whitening (see precondition.build_whitening); "
+            "The 'whitened' sampler needs a whitening (see precondition.whitening_from_information); "
             "use SamplerConfig(kind='paper') to sample in the original coordinates."
         )
     if config.kind == "paper" and whitening is not None:
