@@ -36,8 +36,14 @@ _LEVELS_NOT_PRESENT = re.compile(r"The levels? \((?P<levels>.*)\) in '(?P<term>.
 
 def variables(expr: str) -> set[str]:
     """Data column names an expression (formulae syntax) reads, e.g. ``np.log(t)`` -> ``{"t"}``,
-    ``C(x, Sum)`` -> ``{"x"}``."""
-    return {name for term in model_description(expr).terms for component in getattr(term, "components", ()) for name in component_variables(component)}
+    ``C(x, Sum)`` -> ``{"x"}``. DataError where formulae cannot read the expression (it raises bare
+    TypeError/ValueError, e.g. for ``x ** x``)."""
+    try:
+        description = model_description(expr)
+    except Exception as exc:  # formulae raises bare ValueError/TypeError/NameError
+        hint = " In formulae syntax `a ** n` takes a whole number n (a's interactions up to order n); write I(a ** b) for a power." if "**" in expr else ""
+        raise DataError(f"Could not read the expression {expr!r}: {exc}.{hint}") from exc
+    return {name for term in description.terms for component in getattr(term, "components", ()) for name in component_variables(component)}
 
 
 def component_variables(component: object) -> set[str]:

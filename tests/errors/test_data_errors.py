@@ -212,6 +212,13 @@ def test_unknown_function_is_a_syntax_error() -> None:
         gf.design("y ~ foo(x) + (1 | g)", frame())
 
 
+@pytest.mark.parametrize("formula", ["y ~ x ** z + (1 | g)", "y ~ y ** y", "y ~ nn(x ** z) + (1 | g)"])
+def test_a_power_that_is_not_a_whole_number_names_the_expression(formula) -> None:
+    """formulae raised a bare TypeError for ``a ** b`` with a variable b (found by the fuzz test below)."""
+    with pytest.raises(DataError, match=r"Could not read the expression .*\*\*.*takes a whole number"):
+        gf.design(formula, frame())
+
+
 # -- fuzzing the grammar ------------------------------------------------------------------------
 NAMES = ["y", "x", "z", "t", "k", "n", "g", "h", "d", "cls", "w", "`x`", "`a b`", "np.log", "log", "C", "scale", "I", "poly", "bs", "Sum", "foo"]
 TOKENS = [*NAMES, "+", "-", "~", "|", "||", "(", ")", "nn(", "offset(", "cbind(", ":", "*", "/", "**", ".", ",", "=", "[", "]",
