@@ -116,7 +116,12 @@ class EStepSettings:
 
     draws: int = _setting(4, _Rule(int, 1), "draws K per epoch where draws set the reported variances")
     training_draws: int = _setting(2, _Rule(int, 1), "draws K per epoch while a network trains (the paper's K = 2)")
-    burn_in: int = _setting(1, _Rule(int, 0), "draws R dropped per epoch (fewer than draws and training_draws)")
+    burn_in: int = _setting(1, _Rule(int, 0), "draws R dropped per epoch and chain (fewer than draws and training_draws)")
+    chains: int = _setting(
+        2, _Rule(int, 1, 64),
+        "independent NUTS chains an epoch's draws are dealt to, side by side on threads (an epoch of K draws in chunks of "
+        "c takes min(chains, K / c) chains, each keeping K / chains - burn_in; while a network trains K = c: one chain)",
+    )
     sampler: str = _setting(
         "auto", _Rule(str, choices=SAMPLERS),
         "'exact' block Gibbs (gaussian only), NUTS on per-level 'whitened' effects or the 'paper''s NUTS; 'auto': exact for gaussian, else whitened",

@@ -30,7 +30,7 @@ from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.glmm import fit_glmm
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.problem import EMProblem
-from gmenn_formula.training.variance import make_estep, predict_fixed, sampler_config
+from gmenn_formula.training.variance import chunk_for, make_estep, predict_fixed, sampler_config
 
 
 class FrozenNetworks(nn.Module):
@@ -80,14 +80,16 @@ def with_response(problem: EMProblem, y: np.ndarray) -> EMProblem:
 
 
 def posterior_draws(problem: EMProblem, model: FixedPart, state: FitState, num_draws: int, seed: int) -> EpochDraws:
-    """``num_draws`` draws of the random effects given y, the fixed part and the fitted covariances
+    """At least ``num_draws`` draws of the random effects given y, the fixed part and the fitted covariances
     and dispersion (after the fit's burn-in), by the fit's E-step with its settings and ``seed``."""
     config = dataclasses.replace(state.config, runtime=dataclasses.replace(state.config.runtime, seed=seed))
-    sampler = sampler_config(problem, config, config.estep.draws, variances=True)
+    estep_settings = config.estep
+    sampler = sampler_config(problem, config, chunk_for(estep_settings.draws, estep_settings.chains), variances=True)
     estep = make_estep(problem, config, sampler, np.ones(problem.num_rows))
     F = predict_fixed(model, problem.rows).cpu().numpy()
-    burn_in, chunk = config.estep.burn_in, estep.chunk
-    return estep.draw(F, state.covariances, state.dispersion, -(-(num_draws + burn_in) // chunk) * chunk, burn_in)
+    burn_in, chunk = estep_settings.burn_in, estep.chunk
+    wanted = num_draws + estep_settings.chains * burn_in  # at least num_draws kept, however many chains draw them
+    return estep.draw(F, state.covariances, state.dispersion, -(-wanted // chunk) * chunk, burn_in)
 
 
 def refit(problem: EMProblem, model: FixedPart, config: FitConfig) -> Refit:

@@ -70,6 +70,12 @@ def sampler_config(problem: EMProblem, config: FitConfig, chunk: int, variances:
     return SamplerConfig(kind="whitened" if kind == "exact" else kind, num_draws=chunk, burn_in=0, max_tree_depth=depth)
 
 
+def chunk_for(draws: int, chains: int) -> int:
+    """Draws per compiled chunk for epochs of ``draws`` dealt to ``chains`` chains: draws / chains
+    where that divides, else all of them (one chain)."""
+    return draws // chains if draws % chains == 0 else draws
+
+
 def make_estep(problem: EMProblem, config: FitConfig, sampler: SamplerConfig, weights: np.ndarray) -> EffectSampler:
     """The E-step on all fitting rows, ``weights`` (n,) 1 for the rows the draws condition on: exact
     block Gibbs in torch for gaussian models (``sampler`` "auto" or "exact"), else NUTS on the PyMC
@@ -83,7 +89,9 @@ def make_estep(problem: EMProblem, config: FitConfig, sampler: SamplerConfig, we
         from gmenn_formula.estep.sharded import row_mesh
 
         mesh = row_mesh() if problem.data_parallel else None
-        estep = EStep(problem.family, problem.terms, problem.y, problem.trials, weights, problem.num_outputs, sampler, seed, mesh)
+        estep = EStep(
+            problem.family, problem.terms, problem.y, problem.trials, weights, problem.num_outputs, sampler, seed, mesh, config.estep.chains
+        )
     return WatchedSampler(estep, config.runtime.estep_timeout)
 
 

@@ -1,4 +1,5 @@
-"""EStep: row weights decide which rows the draws condition on; epochs of any K from one compiled chunk."""
+"""EStep: row weights decide which rows the draws condition on; epochs of any K from one compiled
+chunk; an epoch's chunks dealt to independent chains side by side."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from gmenn_formula.errors import ControlError
-from gmenn_formula.estep.driver import EStep
+from gmenn_formula.estep.driver import EStep, chains_for, side_by_side
 from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.estep.sampler import SamplerConfig
 from gmenn_formula.families import get_family
@@ -14,11 +15,11 @@ from gmenn_formula.families import get_family
 PRIOR_VARIANCE, RESIDUAL_VARIANCE = 1.0, 1.0
 
 
-def one_level_estep(y: np.ndarray, weights: np.ndarray, chunk: int = 2) -> EStep:
+def one_level_estep(y: np.ndarray, weights: np.ndarray, chunk: int = 2, chains: int = 1) -> EStep:
     n = len(y)
     terms = (TermArrays(codes=np.zeros(n, np.int32), Z=np.ones((n, 1), np.float32), num_levels=1),)
     config = SamplerConfig(num_draws=chunk, burn_in=0, max_tree_depth=3)
-    return EStep(get_family("gaussian"), terms, y.astype(np.float32), np.ones(n, np.float32), weights, 1, config, seed=0)
+    return EStep(get_family("gaussian"), terms, y.astype(np.float32), np.ones(n, np.float32), weights, 1, config, seed=0, chains=chains)
 
 
 def posterior_draws(estep: EStep, epochs: int, num_draws: int = 4) -> np.ndarray:
@@ -80,3 +81,81 @@ def test_a_dense_whitening_larger_than_the_free_memory_is_refused_with_what_to_d
         assert part in message
     _many_class_estep(num_coefs=1)
     _many_class_estep(num_coefs=2, kind="paper")
+
+
+@pytest.mark.parametrize(
+    "num_chunks, chunk, burn_in, most, expected",
+    [
+        (2, 2, 1, 2, 2),  # the final phase's K = 4 in chunks of 2: two chains of 2, each keeping 1 after burn-in
+        (1, 2, 1, 2, 1),  # training's K = 2: one chunk, one chain
+        (3, 2, 0, 2, 1),  # three chunks do not share evenly between two chains
+        (2, 1, 1, 2, 1),  # two chains of one draw would keep nothing after burn-in
+        (4, 1, 1, 4, 2),
+        (32, 2, 1, 1, 1),
+    ],
+)
+def test_chains_share_the_chunks_evenly_and_each_keeps_a_draw(num_chunks, chunk, burn_in, most, expected):
+    assert chains_for(num_chunks, chunk, burn_in, most) == expected
+
+
+def _binomial_estep(chains: int) -> EStep:
+    """Two crossed terms (30 and 20 levels), 600 binary rows."""
+    rng = np.random.default_rng(1)
+    n = 600
+    terms = tuple(TermArrays(rng.integers(0, q, n).astype(np.int32), np.ones((n, 1), np.float32), q) for q in (30, 20))
+    config = SamplerConfig(num_draws=2, burn_in=0, max_tree_depth=4)
+    y = rng.integers(0, 2, n).astype(np.float32)
+    return EStep(get_family("binomial"), terms, y, np.ones(n, np.float32), np.ones(n, np.float32), 1, config, seed=0, chains=chains)
+
+
+def _epochs(estep: EStep, epochs: int, num_draws: int = 4, burn_in: int = 1) -> list:
+    F, covariances = np.zeros((600, 1), np.float32), [np.full((1, 1, 1), 0.5), np.full((1, 1, 1), 0.3)]
+    return [estep.draw(F, covariances, 1.0, num_draws, burn_in) for _ in range(epochs)]
+
+
+def test_two_chains_keep_their_draws_after_each_burn_in_and_do_not_depend_on_threads():
+    """K = 4 in chunks of 2 on two chains: each drops its first draw (2 kept, 4 diagnosed); the
+    chains start apart (each from its own draw of the whitening's Gaussian) and stay apart; the
+    draws are those of the same chains run one after the other, and of a second E-step with the seed."""
+    side, other, sequential = _binomial_estep(2), _binomial_estep(2), _binomial_estep(2)
+    sequential.side_by_side = False
+    runs = [_epochs(estep, 3) for estep in (side, other, sequential)]
+    for epoch in runs[0]:
+        assert [B.shape for B in epoch.effects] == [(2, 30, 1, 1), (2, 20, 1, 1)]
+        assert epoch.info.acceptance_rate.shape == (4,)
+        assert not np.allclose(epoch.effects[0][0], epoch.effects[0][1])
+    for a, b, c in zip(*runs):
+        for A, B, C in zip(a.effects, b.effects, c.effects):
+            np.testing.assert_array_equal(A, B)
+            np.testing.assert_array_equal(A, C)
+    assert not np.allclose(side.states[0].position[0], side.states[1].position[0])
+
+
+def test_one_chain_is_the_chain_of_before():
+    """chains=1 gives the single chain of an E-step without chains (K - R kept); K = 2 in chunks
+    of 2 is one chunk, so a two-chain E-step draws it on its first chain alone."""
+    one, two = _binomial_estep(1), _binomial_estep(2)
+    for a, b in zip(_epochs(one, 2, 2, 1), _epochs(two, 2, 2, 1)):
+        assert a.effects[0].shape == (1, 30, 1, 1)
+        np.testing.assert_array_equal(a.effects[0], b.effects[0])
+    assert _epochs(one, 1)[0].effects[0].shape == (3, 30, 1, 1)
+
+
+def test_two_chains_draw_the_posterior():
+    """The conjugate gaussian mean of one level from two chains, K = 4 per epoch."""
+    y = np.linspace(0.5, 1.5, 10)
+    estep = one_level_estep(y, np.ones(10), chains=2)
+    draws = posterior_draws(estep, 150)
+    assert len(draws) == 300
+    assert draws.mean() == pytest.approx(conjugate_mean(y), abs=0.05)
+    assert draws.var() == pytest.approx(1 / (10 / RESIDUAL_VARIANCE + 1 / PRIOR_VARIANCE), rel=0.25)
+
+
+def test_side_by_side_returns_in_order_and_raises_a_call_s_error():
+    assert side_by_side([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+
+    def fails() -> None:
+        raise ValueError("chain 1 failed")
+
+    with pytest.raises(ValueError, match="chain 1 failed"):
+        side_by_side([lambda: 1, fails])
