@@ -22,7 +22,6 @@ from gmenn_formula.errors import (
     DataError,
     DataTypeError,
     EmptyDataError,
-    FamilyError,
     MissingValueError,
     MissingValueWarning,
     NewLevelError,

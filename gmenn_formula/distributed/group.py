@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from gmenn_formula.errors import DistributedError
+
+if TYPE_CHECKING:
+    import torch
 
 JAX_COORDINATOR = "GMENN_JAX_COORDINATOR"
 Summed = TypeVar("Summed")

@@ -127,8 +127,10 @@ class EffectSampler(Protocol):
     """What the engine asks of an E-step (:class:`~gmenn_formula.estep.driver.EStep`,
     :class:`~gmenn_formula.estep.gaussian.GaussianEStep`)."""
 
-    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
-        """K = ``num_draws`` draws (the first R = ``burn_in`` dropped) given F (n, c) and per term covariances (c, p, p)."""
+    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int, chains: int = 1) -> EpochDraws:
+        """K = ``num_draws`` draws (the first R = ``burn_in`` dropped) given F (n, c) and per term
+        covariances (c, p, p), dealt to at most ``chains`` Markov chains each dropping R, where the
+        sampler runs several (:class:`~gmenn_formula.estep.gaussian.GaussianEStep` runs one)."""
 
     @property
     def chunk(self) -> int:

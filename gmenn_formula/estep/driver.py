@@ -92,12 +92,13 @@ class EStep:
     (:mod:`~gmenn_formula.estep.sharded`): the row arrays given and ``F`` are this process's
     shard (padded inside to the largest shard with weight-0 rows), and every process draws the
     same chain; None: one process holds every row.
-    ``chains``: most independent chains an epoch's chunks are dealt to (:func:`chains_for`), each
-    with its own state and step size; with every row in this process they run side by side, one
-    thread each (XLA runs one call of these sizes on about one core: an epoch of the base scenario
-    took 0.115 s on one chain and 0.059 s on two, 2 cores), in a data-parallel fit one after the
-    other (the sampler's all-reduces keep one order), so the draws depend on ``chains``, not on
-    the machine.
+    :meth:`draw`'s ``chains``: how many chains at most an epoch's chunks are dealt to
+    (:func:`chains_for`), each with its own state and step size, a chain beyond the first starting
+    as a copy of the first's state when first used; with every row in this process they run side
+    by side, one thread each (XLA runs one call of these sizes on about one core: an epoch of the
+    base scenario took 0.115 s on one chain and 0.059 s on two, 2 cores), in a data-parallel fit
+    one after the other (the sampler's all-reduces keep one order), so the draws depend on
+    ``chains``, not on the machine.
     """
 
     def __init__(
@@ -111,7 +112,6 @@ class EStep:
         config: sampler.SamplerConfig,
         seed: int,
         mesh: Mesh | None = None,
-        chains: int = 1,
     ) -> None:
         if config.burn_in:
             raise ControlError("EStep drops the burn-in draws itself: pass a SamplerConfig with burn_in=0.")
@@ -135,13 +135,13 @@ class EStep:
         self.shapes = structure.shapes
         start = self.replicated(tuple(np.zeros((q, p * c), np.float32) for q, p, c in self.shapes))
         self.side_by_side = mesh is None
-        self.states = [self.replicated(sampler.init(start, config))] * chains
+        self.states = [self.replicated(sampler.init(start, config))]
         self.center = start
-        # Per chain, until its first draw. A chain then starts from a draw of the whitening's Gaussian
+        # Until the first draw. The first chain then starts from a draw of the whitening's Gaussian
         # (the Laplace approximation at the center), not from 0: started at 0, the draws of a 10^6-row,
         # 3 x 10^5-level binomial GLMM barely moved (usable step 0.085) and their second moments
         # collapsed the variances.
-        self.cold = [True] * chains
+        self.cold = True
         self.key = jax.random.PRNGKey(seed)
         self.rng = np.random.default_rng(seed)
 
@@ -166,10 +166,10 @@ class EStep:
         the chain, its step size and the compiled functions carry on."""
         self.data = self.data._replace(weights=self.rows(self._padded(np.asarray(weights, np.float32))))
 
-    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
+    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int, chains: int = 1) -> EpochDraws:
         """One epoch of ``num_draws`` (K) draws given F (n, c) and per term covariances (c, p, p),
-        dealt to m chains (:func:`chains_for`), the first ``burn_in`` (R) of each dropped: K - m R kept.
-        K must be a multiple of the compiled chunk."""
+        dealt to m <= ``chains`` chains (:func:`chains_for`), the first ``burn_in`` (R) of each
+        dropped: K - m R kept. K must be a multiple of the compiled chunk."""
         chunk = self.config.num_draws
         if num_draws % chunk or not 0 <= burn_in < num_draws:
             raise ControlError(f"An E-step compiled for chunks of {chunk} draws cannot make K={num_draws}, R={burn_in}.")
@@ -183,9 +183,11 @@ class EStep:
         if self.config.kind == "whitened":
             precisions = self.replicated(tuple(np.linalg.inv(S).astype(np.float32) for S in floored))
             whitening = self.kernels.whitening(self.center, params, self.data, precisions)
-        chains = chains_for(num_draws // chunk, chunk, burn_in, len(self.states))
-        for c in range(chains):
-            self._warm(c, whitening)
+        if self.cold and whitening is not None:
+            self.states[0] = self.states[0]._replace(position=_approximate_posterior_draw(self.rng, whitening, self.replicated))
+        self.cold = False
+        chains = chains_for(num_draws // chunk, chunk, burn_in, chains)
+        self.states += [self.states[0]] * (chains - len(self.states))  # a new chain starts where the first is
         self.key, *keys = jax.random.split(self.key, num_draws // chunk + 1)
         per_chain = len(keys) // chains
 
@@ -202,20 +204,6 @@ class EStep:
         kept, self.center, info = _join_chains(tuple(runs), burn_in)
         effects = tuple(np.array(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(kept, self.shapes))
         return EpochDraws(effects=effects, info=jax.device_get(info))
-
-    def _warm(self, c: int, whitening: Whitening | None) -> None:
-        """Start chain ``c`` before its first draw: at a draw of the whitening's Gaussian (chain 0
-        of the paper sampler: at 0; a later chain of it: at chain 0's position), with chain 0's step size."""
-        if not self.cold[c]:
-            return
-        state = self.states[c]
-        if whitening is not None:
-            state = state._replace(position=_approximate_posterior_draw(self.rng, whitening, self.replicated))
-        elif c:
-            state = state._replace(position=self.states[0].position)
-        if c:
-            state = state._replace(step_size=self.states[0].step_size)
-        self.states[c], self.cold[c] = state, False
 
 
 def chains_for(num_chunks: int, chunk: int, burn_in: int, most: int) -> int:

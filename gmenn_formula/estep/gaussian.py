@@ -71,9 +71,9 @@ class GaussianEStep:
     def use_sampler(self, config: SamplerConfig) -> None:
         """Nothing to change: the draws are exact (kept for the E-step interface)."""
 
-    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
-        """K = ``num_draws`` Gibbs sweeps, the first R = ``burn_in`` dropped, given F (n, 1),
-        per term covariances (1, p, p) and the residual variance ``dispersion``."""
+    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int, chains: int = 1) -> EpochDraws:
+        """K = ``num_draws`` Gibbs sweeps of one chain (``chains`` is not used), the first R =
+        ``burn_in`` dropped, given F (n, 1), per term covariances (1, p, p) and the residual variance ``dispersion``."""
         if not 0 <= burn_in < num_draws:
             raise ControlError(f"An epoch of K={num_draws} draws cannot drop R={burn_in} of them.")
         residual = self.y - torch.as_tensor(F[:, 0], dtype=torch.float64, device=self.device)

@@ -135,7 +135,6 @@ class Summary:
     # -- text ---------------------------------------------------------------------
     def header(self) -> list[str]:
         state, result = self.state, self.result
-        config = state.config
         kind = "Generalized mixed effects neural network" if result.spec.networks else "Generalized linear mixed model"
         family = result.family
         method = "maximum likelihood (closed form)" if state.closed_form else f"Monte Carlo EM ({SAMPLER_NAMES[self.sampler]} E-step)"

@@ -99,7 +99,11 @@ class TrainingSettings:
     penalty: float | None = _setting(
         None, _Rule(float, 0, optional=True), "the paper's lambda (Eq. 6); None: 1 with nn(), 0 without (maximum likelihood)"
     )
-    overlap_estep: bool = _setting(True, _Rule(bool), "the next E-step on a worker thread beside the minibatches")
+    overlap_estep: bool = _setting(
+        True, _Rule(bool),
+        "the next E-step on a worker thread beside this epoch's M-step (the minibatches while a network trains; "
+        "in the Newton blocks, their Louis information and beta's Newton step)",
+    )
 
     def max_epochs(self, has_networks: bool) -> int:
         """``epochs`` or its default: 100 with networks, 2000 for a plain GLMM."""
@@ -119,8 +123,9 @@ class EStepSettings:
     burn_in: int = _setting(1, _Rule(int, 0), "draws R dropped per epoch and chain (fewer than draws and training_draws)")
     chains: int = _setting(
         2, _Rule(int, 1, 64),
-        "independent NUTS chains an epoch's draws are dealt to, side by side on threads (an epoch of K draws in chunks of "
-        "c takes min(chains, K / c) chains, each keeping K / chains - burn_in; while a network trains K = c: one chain)",
+        "independent NUTS chains, side by side on threads, that the draws of an epoch at fixed parameters (the Newton "
+        "blocks, posterior draws for intervals) are dealt to: min(chains, K / c) for K draws compiled in chunks of c; "
+        "EM epochs, whose parameters move every epoch, training, and models of fewer than 20,000 rows x outputs draw on one chain",
     )
     sampler: str = _setting(
         "auto", _Rule(str, choices=SAMPLERS),

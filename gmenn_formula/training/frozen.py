@@ -30,7 +30,7 @@ from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.glmm import fit_glmm
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.problem import EMProblem
-from gmenn_formula.training.variance import chunk_for, make_estep, predict_fixed, sampler_config
+from gmenn_formula.training.variance import chains_for_problem, chunk_for, make_estep, predict_fixed, sampler_config
 
 
 class FrozenNetworks(nn.Module):
@@ -84,12 +84,13 @@ def posterior_draws(problem: EMProblem, model: FixedPart, state: FitState, num_d
     and dispersion (after the fit's burn-in), by the fit's E-step with its settings and ``seed``."""
     config = dataclasses.replace(state.config, runtime=dataclasses.replace(state.config.runtime, seed=seed))
     estep_settings = config.estep
-    sampler = sampler_config(problem, config, chunk_for(estep_settings.draws, estep_settings.chains), variances=True)
+    chains = chains_for_problem(problem, config)
+    sampler = sampler_config(problem, config, chunk_for(estep_settings.draws, chains), variances=True)
     estep = make_estep(problem, config, sampler, np.ones(problem.num_rows))
     F = predict_fixed(model, problem.rows).cpu().numpy()
     burn_in, chunk = estep_settings.burn_in, estep.chunk
-    wanted = num_draws + estep_settings.chains * burn_in  # at least num_draws kept, however many chains draw them
-    return estep.draw(F, state.covariances, state.dispersion, -(-wanted // chunk) * chunk, burn_in)
+    wanted = num_draws + chains * burn_in  # at least num_draws kept, however many chains draw them
+    return estep.draw(F, state.covariances, state.dispersion, -(-wanted // chunk) * chunk, burn_in, chains)
 
 
 def refit(problem: EMProblem, model: FixedPart, config: FitConfig) -> Refit:

@@ -15,7 +15,7 @@ from gmenn_formula.training.laplace import laplace_applies, laplace_start
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.phases import VariancePhases
 from gmenn_formula.training.problem import EMProblem
-from gmenn_formula.training.variance import chunk_for, initial_dispersion, make_estep, sampler_config
+from gmenn_formula.training.variance import chains_for_problem, chunk_for, initial_dispersion, make_estep, sampler_config
 
 START_NEWTON_STEPS = 25
 """Newton steps of the fixed effects with the random effects at 0, where EM starts."""
@@ -43,7 +43,8 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     if config.convergence.laplace_start and laplace_applies(problem) and not problem.data_parallel:
         start = laplace_start(problem, model, covariances)
         covariances = start.covariances
-    estep = make_estep(problem, config, sampler_config(problem, config, chunk_for(config.estep.draws, config.estep.chains), variances=True), np.ones(problem.num_rows))
+    chunk = chunk_for(config.estep.draws, chains_for_problem(problem, config))
+    estep = make_estep(problem, config, sampler_config(problem, config, chunk, variances=True), np.ones(problem.num_rows))
     phases = VariancePhases(problem, model, estep, config, log, covariances, dispersion, fit_beta=True)
     epochs, settle = config.training.max_epochs(False), True
     if start is not None and (phases.nested or start.prior_share <= MAX_CROSSED_PRIOR_SHARE):

@@ -16,6 +16,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -183,7 +184,7 @@ def _train(
                     waited = inputs.seconds
                 covariances = inputs.covariances
                 if ahead is not None:
-                    ahead.submit(make_inputs, model, covariances, inputs.dispersion)
+                    ahead.submit(partial(make_inputs, copy.deepcopy(model), covariances, inputs.dispersion))  # the network as it is now
                 loss = trainer.epoch(epoch, inputs.offsets, dispersion)
                 dispersion = inputs.dispersion
                 means = tuple(B.mean(0, keepdim=True) for B in inputs.effects)

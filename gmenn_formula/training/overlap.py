@@ -11,10 +11,11 @@ flight at a time, so the sampler's chain stays one chain. Measurements: docs/eng
 
 from __future__ import annotations
 
-import copy
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from gmenn_formula.mstep.step import DrawOffsets, Rows
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.variance import predict_fixed, timed_draw, variance_update
 from gmenn_formula.training.watchdog import CANCEL_GRACE_SECONDS, DaemonCall
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ class TrainingEStep:
         return EpochInputs(draws, offsets, expanded, new_covariances, new_dispersion, seconds)
 
 
-class DrawAhead:
-    """A daemon thread that computes the next epoch's :class:`EpochInputs` while this epoch trains."""
+class DrawAhead(Generic[T]):
+    """A daemon thread that computes the next epoch's E-step (its :class:`EpochInputs` while a
+    network trains, its draws in a Newton block) while this epoch's M-step runs."""
 
     def __init__(self) -> None:
         self.call: DaemonCall | None = None
@@ -80,13 +84,12 @@ class DrawAhead:
     def pending(self) -> bool:
         return self.call is not None
 
-    def submit(self, inputs: TrainingEStep, model: FixedPart, covariances: list[np.ndarray], dispersion: float) -> None:
-        """Start the next epoch's inputs from a copy of ``model`` as it is now."""
-        frozen = copy.deepcopy(model)
-        self.call = DaemonCall(lambda: inputs(frozen, covariances, dispersion), "gmenn-estep-ahead")
+    def submit(self, work: Callable[[], T]) -> None:
+        """Start ``work()`` (one E-step at a time: the sampler's chain stays one sequence of calls)."""
+        self.call = DaemonCall(work, "gmenn-estep-ahead")
 
-    def take(self) -> tuple[EpochInputs, float]:
-        """The pending inputs and the seconds waited for them."""
+    def take(self) -> tuple[T, float]:
+        """The pending result and the seconds waited for it."""
         started = time.perf_counter()
         inputs = self.call.result()
         self.call = None

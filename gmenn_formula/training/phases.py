@@ -20,7 +20,9 @@ mean becoming the next block's beta.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -33,8 +35,9 @@ from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.gaussian_ml import direct_fit_applies, fit_gaussian_ml
 from gmenn_formula.training.log import EpochLog
 from gmenn_formula.training.newton import MissingInformation, ParameterLayout, unit_groups
+from gmenn_formula.training.overlap import DrawAhead, torch_threads_beside
 from gmenn_formula.training.problem import EMProblem
-from gmenn_formula.training.variance import EffectMoments, predict_fixed, predict_held, timed_draw, variance_update
+from gmenn_formula.training.variance import EffectMoments, chains_for_problem, predict_fixed, predict_held, timed_draw, variance_update
 
 
 MAX_BLOCKS = 20
@@ -284,17 +287,51 @@ class VariancePhases:
         when the budget is spent), pooled with ``previous`` (the block before, when its step was
         taken whole) where the two agree. Returns the estimate, whether it is the final one, and
         this block's record when the next block may pool with it (its step taken whole), else None."""
-        layout, rows, convergence = self.layout, self.problem.rows, self.config.convergence
         beta = self.model.beta.detach().cpu().numpy().copy() if self.fit_beta else None
-        theta = layout.flatten(self.covariances, self.dispersion, beta)
+        theta = self.layout.flatten(self.covariances, self.dispersion, beta)
+        rows = self.problem.rows
+        F = predict_fixed(self.model, rows)  # the parameters, and so F, stay fixed within the block
+        chains = chains_for_problem(self.problem, self.config)
+        draw = partial(timed_draw, self.estep, F, self.covariances, self.dispersion, self.block_draws, chains=chains)
+        ahead = DrawAhead() if self.config.training.overlap_estep and not self.problem.data_parallel else None
+        with torch_threads_beside(ahead, self.problem.device):
+            try:
+                return self._block_epochs(previous, budget, theta, beta, F, draw, ahead)
+            except BaseException:  # an error or Ctrl-C: stop the E-step in flight
+                if ahead is not None:
+                    ahead.cancel()
+                raise
+
+    def _block_epochs(
+        self,
+        previous: BlockRecord | None,
+        budget: int,
+        theta: np.ndarray,
+        beta: np.ndarray | None,
+        F: torch.Tensor,
+        draw: Callable[[int], tuple[EpochDraws, float]],
+        ahead: DrawAhead | None,
+    ) -> tuple[Estimate, bool, BlockRecord | None]:
+        """The epochs of :meth:`_block`; ``draw(burn_in)`` is the E-step at the block's parameters.
+        With ``ahead``, the next epoch's E-step runs beside this epoch's M-step, except after an
+        epoch whose Newton step is looked at (the block may end there): the sampler makes the same
+        calls as without it."""
+        layout, rows, convergence = self.layout, self.problem.rows, self.config.convergence
         information = MissingInformation(self.problem, layout, self.groups)
         self.moments = EffectMoments(list(self.problem.shapes))
-        targets, num_draws = [], self.block_draws
+        targets: list[np.ndarray] = []
         for epoch in range(1, budget + 1):
             self.block_epochs += 1
             started = time.perf_counter()
-            # the chain carries on at fixed parameters: only the block's first epoch follows a change
-            draws, F, estep_seconds = self._draw(num_draws, None if epoch == 1 else 0)
+            if ahead is not None and ahead.pending:
+                (draws, estep_seconds), waited = ahead.take()
+            else:
+                # the chain carries on at fixed parameters: only the block's first epoch follows a change
+                draws, estep_seconds = draw(self.config.estep.burn_in if epoch == 1 else 0)
+                waited = estep_seconds
+            looks = epoch >= min(convergence.average_epochs, convergence.window) and epoch % convergence.window == 0
+            if ahead is not None and not looks and epoch < budget:
+                ahead.submit(partial(draw, 0))
             effects, covariances, dispersion = variance_update(self.problem, draws, F, rows, self.covariances, self.dispersion, False)
             information.add(tuple(torch.as_tensor(B, device=self.problem.device) for B in draws.effects), F, rows, self.dispersion)
             beta_t = loss = None
@@ -303,8 +340,9 @@ class VariancePhases:
                 self.set_beta(beta)
             targets.append(layout.flatten(covariances, dispersion, beta_t))
             self.moments.add(draws.effects, self.log.last_epoch + 1)
-            self.log.add("average", self.covariances, self.dispersion, draws, estep_seconds, time.perf_counter() - started - estep_seconds, loss=loss)
-            if epoch < min(convergence.average_epochs, convergence.window) or epoch % convergence.window:
+            seconds = time.perf_counter() - started
+            self.log.add("average", self.covariances, self.dispersion, draws, estep_seconds, seconds - waited, seconds, loss=loss)
+            if not looks:
                 continue
             estimate, significant = self._newton(theta, targets, information)
             if significant:

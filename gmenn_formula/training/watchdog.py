@@ -92,10 +92,10 @@ class WatchedSampler:
             return FIRST_CALL_SECONDS
         return max(LATER_FLOOR_SECONDS, LATER_FACTOR * self.slowest)
 
-    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int) -> EpochDraws:
+    def draw(self, F: np.ndarray, covariances: list[np.ndarray], dispersion: float, num_draws: int, burn_in: int, chains: int = 1) -> EpochDraws:
         bound = self.bound()
         started = time.perf_counter()
-        call = DaemonCall(lambda: self.estep.draw(F, covariances, dispersion, num_draws, burn_in), "gmenn-estep-call")
+        call = DaemonCall(lambda: self.estep.draw(F, covariances, dispersion, num_draws, burn_in, chains), "gmenn-estep-call")
         try:
             draws = call.result(timeout=bound)
         except TimeoutError:

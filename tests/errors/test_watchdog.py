@@ -44,7 +44,7 @@ class _Sampler:
         self.calls = 0
         self.release = threading.Event()
 
-    def draw(self, F, covariances, dispersion, num_draws, burn_in):
+    def draw(self, F, covariances, dispersion, num_draws, burn_in, chains=1):
         delay = self.delays[min(self.calls, len(self.delays) - 1)]
         self.calls += 1
         self.release.wait(delay)

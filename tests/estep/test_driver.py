@@ -15,16 +15,16 @@ from gmenn_formula.families import get_family
 PRIOR_VARIANCE, RESIDUAL_VARIANCE = 1.0, 1.0
 
 
-def one_level_estep(y: np.ndarray, weights: np.ndarray, chunk: int = 2, chains: int = 1) -> EStep:
+def one_level_estep(y: np.ndarray, weights: np.ndarray, chunk: int = 2) -> EStep:
     n = len(y)
     terms = (TermArrays(codes=np.zeros(n, np.int32), Z=np.ones((n, 1), np.float32), num_levels=1),)
     config = SamplerConfig(num_draws=chunk, burn_in=0, max_tree_depth=3)
-    return EStep(get_family("gaussian"), terms, y.astype(np.float32), np.ones(n, np.float32), weights, 1, config, seed=0, chains=chains)
+    return EStep(get_family("gaussian"), terms, y.astype(np.float32), np.ones(n, np.float32), weights, 1, config, seed=0)
 
 
-def posterior_draws(estep: EStep, epochs: int, num_draws: int = 4) -> np.ndarray:
+def posterior_draws(estep: EStep, epochs: int, num_draws: int = 4, chains: int = 1) -> np.ndarray:
     F, covariances = np.zeros((estep.data.y.shape[0], 1), np.float32), [np.full((1, 1, 1), PRIOR_VARIANCE)]
-    return np.concatenate([estep.draw(F, covariances, RESIDUAL_VARIANCE, num_draws, 1).effects[0].ravel() for _ in range(epochs)])
+    return np.concatenate([estep.draw(F, covariances, RESIDUAL_VARIANCE, num_draws, 1, chains).effects[0].ravel() for _ in range(epochs)])
 
 
 def conjugate_mean(y: np.ndarray) -> float:
@@ -98,27 +98,30 @@ def test_chains_share_the_chunks_evenly_and_each_keeps_a_draw(num_chunks, chunk,
     assert chains_for(num_chunks, chunk, burn_in, most) == expected
 
 
-def _binomial_estep(chains: int) -> EStep:
+def _binomial_estep() -> EStep:
     """Two crossed terms (30 and 20 levels), 600 binary rows."""
     rng = np.random.default_rng(1)
     n = 600
     terms = tuple(TermArrays(rng.integers(0, q, n).astype(np.int32), np.ones((n, 1), np.float32), q) for q in (30, 20))
     config = SamplerConfig(num_draws=2, burn_in=0, max_tree_depth=4)
     y = rng.integers(0, 2, n).astype(np.float32)
-    return EStep(get_family("binomial"), terms, y, np.ones(n, np.float32), np.ones(n, np.float32), 1, config, seed=0, chains=chains)
+    return EStep(get_family("binomial"), terms, y, np.ones(n, np.float32), np.ones(n, np.float32), 1, config, seed=0)
 
 
-def _epochs(estep: EStep, epochs: int, num_draws: int = 4, burn_in: int = 1) -> list:
+def _epochs(estep: EStep, epochs: int, num_draws: int = 4, burn_in: int = 1, chains: int = 2) -> list:
     F, covariances = np.zeros((600, 1), np.float32), [np.full((1, 1, 1), 0.5), np.full((1, 1, 1), 0.3)]
-    return [estep.draw(F, covariances, 1.0, num_draws, burn_in) for _ in range(epochs)]
+    return [estep.draw(F, covariances, 1.0, num_draws, burn_in, chains) for _ in range(epochs)]
 
 
 def test_two_chains_keep_their_draws_after_each_burn_in_and_do_not_depend_on_threads():
     """K = 4 in chunks of 2 on two chains: each drops its first draw (2 kept, 4 diagnosed); the
-    chains start apart (each from its own draw of the whitening's Gaussian) and stay apart; the
+    second chain starts as a copy of the first (after one-chain epochs) and the two part; the
     draws are those of the same chains run one after the other, and of a second E-step with the seed."""
-    side, other, sequential = _binomial_estep(2), _binomial_estep(2), _binomial_estep(2)
+    side, other, sequential = _binomial_estep(), _binomial_estep(), _binomial_estep()
     sequential.side_by_side = False
+    for estep in (side, other, sequential):
+        _epochs(estep, 2, chains=1)
+    first = side.states[0].position[0]
     runs = [_epochs(estep, 3) for estep in (side, other, sequential)]
     for epoch in runs[0]:
         assert [B.shape for B in epoch.effects] == [(2, 30, 1, 1), (2, 20, 1, 1)]
@@ -129,23 +132,25 @@ def test_two_chains_keep_their_draws_after_each_burn_in_and_do_not_depend_on_thr
             np.testing.assert_array_equal(A, B)
             np.testing.assert_array_equal(A, C)
     assert not np.allclose(side.states[0].position[0], side.states[1].position[0])
+    assert not np.allclose(first, side.states[1].position[0])
 
 
 def test_one_chain_is_the_chain_of_before():
-    """chains=1 gives the single chain of an E-step without chains (K - R kept); K = 2 in chunks
-    of 2 is one chunk, so a two-chain E-step draws it on its first chain alone."""
-    one, two = _binomial_estep(1), _binomial_estep(2)
-    for a, b in zip(_epochs(one, 2, 2, 1), _epochs(two, 2, 2, 1)):
+    """chains=1 gives the single chain of K - R kept draws; K = 2 in chunks of 2 is one chunk,
+    so with chains=2 it is drawn on the first chain alone, as with chains=1."""
+    one, two = _binomial_estep(), _binomial_estep()
+    for a, b in zip(_epochs(one, 2, 2, 1, chains=1), _epochs(two, 2, 2, 1, chains=2)):
         assert a.effects[0].shape == (1, 30, 1, 1)
         np.testing.assert_array_equal(a.effects[0], b.effects[0])
-    assert _epochs(one, 1)[0].effects[0].shape == (3, 30, 1, 1)
+    assert len(two.states) == 1
+    assert _epochs(one, 1, chains=1)[0].effects[0].shape == (3, 30, 1, 1)
 
 
 def test_two_chains_draw_the_posterior():
     """The conjugate gaussian mean of one level from two chains, K = 4 per epoch."""
     y = np.linspace(0.5, 1.5, 10)
-    estep = one_level_estep(y, np.ones(10), chains=2)
-    draws = posterior_draws(estep, 150)
+    estep = one_level_estep(y, np.ones(10))
+    draws = posterior_draws(estep, 150, chains=2)
     assert len(draws) == 300
     assert draws.mean() == pytest.approx(conjugate_mean(y), abs=0.05)
     assert draws.var() == pytest.approx(1 / (10 / RESIDUAL_VARIANCE + 1 / PRIOR_VARIANCE), rel=0.25)
