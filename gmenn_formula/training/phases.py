@@ -175,6 +175,14 @@ class VariancePhases:
         return direct and direct_fit_applies(self.problem.terms, nested=self.nested)
 
     @property
+    def _overlaps(self) -> bool:
+        """Whether a block's next E-step runs beside this epoch's M-step (``overlap_estep``): not in a
+        data-parallel fit (both would all-reduce), nor with the exact gaussian E-step, which is torch
+        itself (on 2 cores the 10^6-row gaussian GLMM took 47.8 s against 45.8 s without)."""
+        exact = self.config.estep.kind(self.problem.family.has_dispersion) == "exact"
+        return self.config.training.overlap_estep and not self.problem.data_parallel and not exact
+
+    @property
     def nested(self) -> bool:
         """Whether all terms nest in one factor (one unit group: levels independent a posteriori across its units)."""
         return len(self.groups) == 1
@@ -293,7 +301,7 @@ class VariancePhases:
         F = predict_fixed(self.model, rows)  # the parameters, and so F, stay fixed within the block
         chains = chains_for_problem(self.problem, self.config)
         draw = partial(timed_draw, self.estep, F, self.covariances, self.dispersion, self.block_draws, chains=chains)
-        ahead = DrawAhead() if self.config.training.overlap_estep and not self.problem.data_parallel else None
+        ahead = DrawAhead() if self._overlaps else None
         with torch_threads_beside(ahead, self.problem.device):
             try:
                 return self._block_epochs(previous, budget, theta, beta, F, draw, ahead)
