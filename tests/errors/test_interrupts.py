@@ -102,6 +102,25 @@ def test_ctrl_c_in_the_variance_phases_returns_the_last_epoch(data, ctrl_c_at, t
     assert fit.varcorr()["variance"].iloc[0] == pytest.approx(float(fit.state.history[-1].covariances[0][0, 0, 0]))
 
 
+def test_ctrl_c_in_a_newton_block_stops_the_e_step_drawn_ahead(monkeypatch, tmp_path):
+    """A binomial GLMM's blocks draw the next epoch on a worker thread: a Ctrl-C once a block's
+    first epoch is logged (the next draw submitted) returns the fit with no E-step thread left."""
+    from gmenn_formula.simulation import paper_scenario
+
+    binary = paper_scenario(rows=800, features=2, levels=(20,), variances=(0.5,), family="binomial", seed=1).data
+    stopped = []
+
+    def update(self, record):
+        if record.phase == "average" and not stopped:
+            stopped.append(record.epoch)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProgressBar, "update", update)
+    with pytest.warns(ConvergenceWarning, match="interrupted"):
+        fit = gf.gmenn("y ~ x0 + (1 | g0)", binary, family="binomial", verbose=0, seed=0)
+    _check_interrupted(fit, binary, stopped[0], "average", tmp_path)
+
+
 def test_ctrl_c_before_any_epoch_goes_on_to_the_caller(data, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
