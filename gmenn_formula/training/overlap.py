@@ -5,8 +5,10 @@ the network as it was at the start of epoch t, draws epoch t + 1's effects given
 and the covariances set from epoch t's draws, sets the covariances from them (the
 parameter-expanded M-step) and computes their loss offsets; the draws are thus one
 epoch old in F when a minibatch uses them. JAX and torch release the GIL while they
-compute, so the worker and the minibatch steps share the machine. One E-step is in
-flight at a time, so the sampler's chain stays one chain. Measurements: docs/engine.md.
+compute, so the worker and the minibatch steps share the machine. In the Newton blocks
+(:mod:`~gmenn_formula.training.phases`) the parameters are fixed, so the worker draws the
+next epoch exactly as the main thread would. One E-step is in flight at a time, so the
+sampler's calls keep their order. Measurements: docs/engine.md.
 """
 
 from __future__ import annotations
