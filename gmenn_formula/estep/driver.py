@@ -9,7 +9,6 @@ center of the whitening (the mean of the previous epoch's draws), and turns
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -28,6 +27,7 @@ from gmenn_formula.estep.kernels import model_kernels
 from gmenn_formula.estep.precondition import DENSE_OUTPUTS, Whitening, dense_whitening_bytes
 from gmenn_formula.estep.sharded import ShardedKernels, padded
 from gmenn_formula.families import Family
+from gmenn_formula.threads import side_by_side
 
 VARIANCE_FLOOR = 1e-8
 """Smallest prior variance passed to the sampler (relative to 1): keeps Cholesky factors finite at a boundary fit."""
@@ -200,7 +200,7 @@ class EStep:
             self.states[c] = state
             return tuple(chunks), tuple(infos)
 
-        runs = side_by_side([partial(run_chain, c) for c in range(chains)]) if self.side_by_side else [run_chain(c) for c in range(chains)]
+        runs = side_by_side([partial(run_chain, c) for c in range(chains)], "gmenn-chain") if self.side_by_side else [run_chain(c) for c in range(chains)]
         kept, self.center, info = _join_chains(tuple(runs), burn_in)
         effects = tuple(np.array(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(kept, self.shapes))
         return EpochDraws(effects=effects, info=jax.device_get(info))
@@ -210,29 +210,6 @@ def chains_for(num_chunks: int, chunk: int, burn_in: int, most: int) -> int:
     """How many chains an epoch of ``num_chunks`` chunks of ``chunk`` draws is dealt to: the most,
     up to ``most``, that share the chunks evenly and each keep a draw after dropping ``burn_in``."""
     return max(c for c in range(1, max(most, 1) + 1) if num_chunks % c == 0 and num_chunks // c * chunk > burn_in)
-
-
-def side_by_side(calls: list[Callable[[], Any]]) -> list[Any]:
-    """The results of ``calls``, the first on this thread and every other on a daemon thread of its
-    own, all at once; the first error any raised is raised here once all have ended."""
-    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(calls)
-
-    def run(i: int) -> None:
-        try:
-            outcomes[i] = (True, calls[i]())
-        except BaseException as error:  # handed to the caller's thread
-            outcomes[i] = (False, error)
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"gmenn-chain-{i}", daemon=True) for i in range(1, len(calls))]
-    for thread in threads:
-        thread.start()
-    run(0)
-    for thread in threads:
-        thread.join()
-    for done, value in outcomes:
-        if not done:
-            raise value
-    return [value for _, value in outcomes]
 
 
 @partial(jax.jit, static_argnames="burn_in")

@@ -19,15 +19,14 @@ every call.
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
 
 from gmenn_formula.errors import EStepTimeoutError
 from gmenn_formula.estep.arrays import EffectSampler, EpochDraws, SamplerConfig
+from gmenn_formula.threads import DaemonThread
 from gmenn_formula.training.interrupts import POLL_SECONDS, raise_if_interrupted
 
 FIRST_CALL_SECONDS = 3600.0
@@ -39,20 +38,8 @@ CANCEL_GRACE_SECONDS = 10.0
 T = TypeVar("T")
 
 
-class DaemonCall:
+class DaemonCall(DaemonThread[T]):
     """``work()`` running on a new daemon thread called ``name``; :meth:`result` waits for it."""
-
-    def __init__(self, work: Callable[[], T], name: str) -> None:
-        self._outcome: tuple[bool, object] | None = None
-
-        def run() -> None:
-            try:
-                self._outcome = (True, work())
-            except BaseException as error:  # handed to the waiting thread, which re-raises it
-                self._outcome = (False, error)
-
-        self.thread = threading.Thread(target=run, name=name, daemon=True)
-        self.thread.start()
 
     def result(self, timeout: float | None = None) -> T:
         """``work()``'s value (or its exception, raised here) once the thread has ended;
@@ -64,10 +51,7 @@ class DaemonCall:
             raise_if_interrupted()
         if self.thread.is_alive():
             raise TimeoutError(f"{self.thread.name} still runs after {timeout} s")
-        done, value = self._outcome
-        if not done:
-            raise value
-        return value
+        return self.outcome()
 
     def settle(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the thread to end, ignoring its outcome."""

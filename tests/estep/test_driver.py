@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gmenn_formula.errors import ControlError
-from gmenn_formula.estep.driver import EStep, chains_for, side_by_side
+from gmenn_formula.estep.driver import EStep, chains_for
 from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.estep.sampler import SamplerConfig
 from gmenn_formula.families import get_family
@@ -155,12 +155,3 @@ def test_two_chains_draw_the_posterior():
     assert draws.mean() == pytest.approx(conjugate_mean(y), abs=0.05)
     assert draws.var() == pytest.approx(1 / (10 / RESIDUAL_VARIANCE + 1 / PRIOR_VARIANCE), rel=0.25)
 
-
-def test_side_by_side_returns_in_order_and_raises_a_call_s_error():
-    assert side_by_side([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
-
-    def fails() -> None:
-        raise ValueError("chain 1 failed")
-
-    with pytest.raises(ValueError, match="chain 1 failed"):
-        side_by_side([lambda: 1, fails])
