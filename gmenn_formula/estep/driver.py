@@ -41,9 +41,18 @@ def _approximate_posterior_draw(rng: np.random.Generator, whitening: Whitening, 
     return _unwhiten(whitening, z)
 
 
+def _to_device(array: Any) -> jax.Array:
+    """One numpy or JAX array on the default device, its dtype JAX's canonical one (float32 / int32
+    without x64), with no compiled conversion (``jnp.asarray`` compiles one per shape and dtype)."""
+    if isinstance(array, jax.Array):
+        return array
+    array = np.asarray(array)
+    return jax.device_put(array.astype(jax.dtypes.canonicalize_dtype(array.dtype), copy=False))
+
+
 def _on_device(value: Any) -> Any:
     """``value`` (a pytree of arrays) as JAX arrays on the default device."""
-    return jax.tree.map(jnp.asarray, value)
+    return jax.tree.map(_to_device, value)
 
 
 @jax.jit

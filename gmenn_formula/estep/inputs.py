@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gmenn_formula.estep.arrays import TermArrays
@@ -36,13 +35,15 @@ class ModelParams(NamedTuple):
 
 
 def model_data(terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, weights: np.ndarray) -> ModelData:
-    """Device arrays of the data (float32 / int32); ``weights`` (n,) row weights of the likelihood."""
+    """The data as numpy arrays in the dtypes the compiled functions take (y's canonical dtype,
+    float32, int32), for the caller to place on the device; ``weights`` (n,) row weights of the likelihood."""
+    y = np.asarray(y)
     return ModelData(
-        y=jnp.asarray(y),
-        trials=jnp.asarray(trials, dtype=jnp.float32),
-        weights=jnp.asarray(weights, dtype=jnp.float32),
-        codes=tuple(jnp.asarray(t.codes, dtype=jnp.int32) for t in terms),
-        Z=tuple(jnp.asarray(t.Z, dtype=jnp.float32) for t in terms),
+        y=y.astype(jax.dtypes.canonicalize_dtype(y.dtype), copy=False),
+        trials=np.asarray(trials, dtype=np.float32),
+        weights=np.asarray(weights, dtype=np.float32),
+        codes=tuple(np.asarray(t.codes, dtype=np.int32) for t in terms),
+        Z=tuple(np.asarray(t.Z, dtype=np.float32) for t in terms),
     )
 
 

@@ -8,7 +8,10 @@ time a process needs it, exported with ``jax.export`` and written to the store
 a structure seen before imports neither PyMC nor blackjax and traces nothing (a cold fit of
 cbpp: 8-9 s before, 4.6 s with its structure stored; see docs/engine.md). Either way the function runs as the
 exported StableHLO, compiled by XLA once per process (or loaded from JAX's persistent cache), so a
-stored and a freshly traced function give the same draws.
+stored and a freshly traced function give the same draws. Its inputs and outputs are pinned to the
+default device: JAX lowers a call whose inputs mix placed (another call's outputs) and unplaced
+arrays to a module with other sharding annotations, and the epochs after the first compiled the
+sampler a second time (cbpp's first-ever fit 8.9 s, 5.5 s pinned; ~0.1 s of a cold one).
 
 A process keeps the functions of its last :data:`COMPILED_STRUCTURES` structures
 (:func:`model_kernels`).
@@ -26,7 +29,7 @@ from gmenn_formula.estep import sampler, store
 from gmenn_formula.estep.arrays import DrawInfo, SamplerConfig
 from gmenn_formula.estep.inputs import ModelData, ModelParams, Structure
 from gmenn_formula.estep.precondition import Position, Whitening, term_information, whitening_from_information
-from gmenn_formula.estep.runtime import configure_jax
+from gmenn_formula.estep.runtime import configure_jax, default_device
 from gmenn_formula.families import Family
 
 COMPILED_STRUCTURES = 8
@@ -82,7 +85,8 @@ class ModelKernels:
 
                 exported = trace(compile_structure(self.structure))
                 store.save(path, exported)
-            self._functions[label] = jax.jit(exported.call)
+            device = jax.sharding.SingleDeviceSharding(default_device())
+            self._functions[label] = jax.jit(exported.call, in_shardings=device, out_shardings=device)
         return self._functions[label]
 
 

@@ -68,6 +68,17 @@ def xla_flags(user_flags: str, current_flags: str) -> str:
     return " ".join(" ".join(flags).split())
 
 
+def default_device():
+    """The jax.Device JAX puts new arrays on: ``jax_default_device`` where set, else this process's
+    first (in a multi-process run ``jax.devices()[0]`` belongs to process 0)."""
+    import jax
+
+    chosen = jax.config.jax_default_device
+    if chosen is None:
+        return jax.local_devices()[0]
+    return jax.local_devices(backend=chosen)[0] if isinstance(chosen, str) else chosen
+
+
 def configure_jax() -> None:
     """Apply the settings above (idempotent; effective while JAX's backend has not started)."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

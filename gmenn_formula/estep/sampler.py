@@ -70,6 +70,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from gmenn_formula.estep.arrays import DrawInfo, SamplerConfig, SamplerKind
@@ -110,11 +111,11 @@ def default_initial_step_size(kind: SamplerKind, dimension: int) -> float:
 
 
 def init(position: Position, config: SamplerConfig) -> SamplerState:
-    """First state: ``position`` tuple of (q_l, d_l) arrays (e.g. zeros), cast to float32."""
-    position = tuple(jnp.asarray(B, dtype=jnp.float32) for B in position)
+    """First state: ``position`` tuple of (q_l, d_l) float32 arrays (e.g. zeros), kept as given;
+    the step size a float32 numpy scalar (the caller places it; no compiled conversion)."""
     dimension = sum(B.size for B in position)
     step_size = config.initial_step_size or default_initial_step_size(config.kind, dimension)
-    return SamplerState(position=position, step_size=jnp.asarray(step_size, dtype=jnp.float32))
+    return SamplerState(position=position, step_size=np.asarray(step_size, dtype=np.float32))
 
 
 def _next_step_size(config: SamplerConfig, step_size: Array, mean_acceptance: Array) -> Array:

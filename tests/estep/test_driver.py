@@ -3,6 +3,7 @@ chunk; an epoch's chunks dealt to independent chains side by side."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -49,10 +50,33 @@ def test_epochs_of_any_multiple_of_the_chunk_share_one_compilation():
     four = estep.draw(F, covariances, 1.0, 4, 1)
     assert four.effects[0].shape == (3, 1, 1, 1) and four.info.acceptance_rate.shape == (4,)
     assert estep.draw(F, covariances, 1.0, 2, 1).effects[0].shape == (1, 1, 1, 1)
+
     with pytest.raises(ControlError, match="chunks of 2 draws cannot make K=3"):
         estep.draw(F, covariances, 1.0, 3, 1)
     with pytest.raises(ControlError, match="burn_in=0"):
         EStep(estep.family, (), np.ones(2), np.ones(2), np.ones(2), 1, SamplerConfig(num_draws=2, burn_in=1), seed=0)
+
+
+COMPILE_REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
+"""JAX's event for each module handed to XLA (compiled, or read from the persistent cache)."""
+
+
+def test_epochs_after_the_first_compile_nothing():
+    """The first epoch's inputs are placed by the driver, later ones are the sampler's outputs:
+    the compiled functions must see them alike (they lowered to a second module of the whitening
+    and of the sampler, each compiled again)."""
+    estep = one_level_estep(np.ones(8), np.ones(8), chunk=2)
+    F, covariances = np.zeros((8, 1), np.float32), [np.ones((1, 1, 1))]
+    estep.draw(F, covariances, 1.0, 4, 1)
+    requests = []
+    listener = lambda event, **_: requests.append(event) if event == COMPILE_REQUEST else None  # noqa: E731
+    jax.monitoring.register_event_listener(listener)
+    try:
+        for _ in range(2):
+            estep.draw(F, covariances, 1.0, 4, 1)
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
+    assert requests == []
 
 
 def _many_class_estep(num_coefs: int, kind: str = "whitened") -> EStep:
