@@ -11,7 +11,8 @@ exported StableHLO, compiled by XLA once per process (or loaded from JAX's persi
 stored and a freshly traced function give the same draws. Its inputs and outputs are pinned to the
 default device: JAX lowers a call whose inputs mix placed (another call's outputs) and unplaced
 arrays to a module with other sharding annotations, and the epochs after the first compiled the
-sampler a second time (cbpp's first-ever fit 8.9 s, 5.5 s pinned; ~0.1 s of a cold one).
+sampler a second time (a first-ever cbpp process 9.4-10.7 s, 8.0-8.7 s pinned; a cold one with
+the structure cached 3.1-3.3 s, 2.9 s pinned).
 
 A process keeps the functions of its last :data:`COMPILED_STRUCTURES` structures
 (:func:`model_kernels`).
