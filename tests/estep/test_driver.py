@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gmenn_formula.errors import ControlError
-from gmenn_formula.estep.driver import EStep, chains_for
+from gmenn_formula.estep.driver import EStep, chains_for, row_bucket
 from gmenn_formula.estep.arrays import TermArrays
 from gmenn_formula.estep.sampler import SamplerConfig
 from gmenn_formula.families import get_family
@@ -24,7 +24,7 @@ def one_level_estep(y: np.ndarray, weights: np.ndarray, chunk: int = 2) -> EStep
 
 
 def posterior_draws(estep: EStep, epochs: int, num_draws: int = 4, chains: int = 1) -> np.ndarray:
-    F, covariances = np.zeros((estep.data.y.shape[0], 1), np.float32), [np.full((1, 1, 1), PRIOR_VARIANCE)]
+    F, covariances = np.zeros((estep.num_rows, 1), np.float32), [np.full((1, 1, 1), PRIOR_VARIANCE)]
     return np.concatenate([estep.draw(F, covariances, RESIDUAL_VARIANCE, num_draws, 1, chains).effects[0].ravel() for _ in range(epochs)])
 
 
@@ -55,6 +55,27 @@ def test_epochs_of_any_multiple_of_the_chunk_share_one_compilation():
         estep.draw(F, covariances, 1.0, 3, 1)
     with pytest.raises(ControlError, match="burn_in=0"):
         EStep(estep.family, (), np.ones(2), np.ones(2), np.ones(2), 1, SamplerConfig(num_draws=2, burn_in=1), seed=0)
+
+
+def test_rows_are_padded_to_a_bucket_that_shares_the_compiled_functions_and_adds_nothing():
+    """999 rows are padded to their bucket, 1,000: the padded E-step shares the compiled model of
+    1,000 rows, and draws exactly as one given the 1,000th row with weight 0 (the padding adds
+    nothing to the log density, not even a constant), at the posterior of the 999 rows."""
+    y = np.r_[50.0, np.ones(998)]
+    padded = one_level_estep(y, np.ones(999))
+    explicit = one_level_estep(np.r_[y, 50.0], np.r_[np.ones(999), 0.0])
+    assert row_bucket(999) == 1000 and padded.padded_rows == 1000 and padded.num_rows == 999
+    assert padded.kernels is explicit.kernels
+    F, covariances = np.zeros((999, 1), np.float32), [np.full((1, 1, 1), PRIOR_VARIANCE)]
+    ours, theirs = padded.draw(F, covariances, 1.0, 4, 1), explicit.draw(np.zeros((1000, 1), np.float32), covariances, 1.0, 4, 1)
+    np.testing.assert_allclose(ours.info.logdensity, theirs.info.logdensity, rtol=1e-6)
+    np.testing.assert_allclose(ours.effects[0], theirs.effects[0], rtol=1e-5)
+    assert posterior_draws(padded, 80).mean() == pytest.approx(conjugate_mean(y), abs=0.015)
+
+
+@pytest.mark.parametrize(("rows", "bucket"), [(1, 1), (64, 64), (100, 100), (999, 1000), (1000, 1000), (1010, 1016), (16_040, 16_128), (10**6, 1_007_616)])
+def test_a_bucket_adds_at_most_a_64th_of_the_rows(rows, bucket):
+    assert row_bucket(rows) == bucket and bucket - rows <= rows / 64
 
 
 COMPILE_REQUEST = "/jax/compilation_cache/compile_requests_use_cache"
