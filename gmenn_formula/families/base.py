@@ -38,7 +38,7 @@ class Family(ABC):
     shift_invariant: bool = False
     """True when adding one constant to every column of a row's eta leaves its likelihood
     unchanged (the softmax); the M-step then averages the random effects' second moments
-    over that direction exactly (:func:`~gmenn_formula.mstep.variance.softmax_second_moments`)."""
+    over that direction exactly (:func:`~gmenn_formula.mstep.moments.softmax_level_moments`)."""
     y_dtype: type = np.float64
     """dtype of the encoded response ``y``: class codes are integers, everything else floats."""
     classifier: bool = False
@@ -86,6 +86,10 @@ class Family(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradient (n, c) and Hessian (n, c, c) of each row's NLL in ``eta`` (n, c), in closed
         form (for these canonical links the Hessian is the Fisher information, free of y)."""
+
+    def torch_nll_gradient(self, eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, dispersion: float) -> torch.Tensor:
+        """Gradient (n, c) of each row's NLL in ``eta`` (n, c), in closed form, without the Hessian."""
+        return self.torch_nll_derivatives(eta, y, trials, dispersion)[0]
 
     @abstractmethod
     def loglik(self, y: np.ndarray, eta: np.ndarray, trials: np.ndarray, dispersion: float) -> np.ndarray:

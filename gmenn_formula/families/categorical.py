@@ -46,12 +46,16 @@ class Categorical(Family):
         p = torch.softmax(eta, dim=-1)
         return p * (1.0 - p)
 
+    def torch_nll_gradient(self, eta, y, trials, dispersion):
+        import torch
+
+        return torch.softmax(eta, dim=-1) - torch.nn.functional.one_hot(y.long(), eta.shape[1]).to(eta.dtype)
+
     def torch_nll_derivatives(self, eta, y, trials, dispersion):
         import torch
 
         p = torch.softmax(eta, dim=-1)
-        one_hot = torch.nn.functional.one_hot(y.long(), eta.shape[1]).to(p.dtype)
-        return p - one_hot, torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        return self.torch_nll_gradient(eta, y, trials, dispersion), torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
 
     def loglik(self, y, eta, trials, dispersion):
         codes = np.broadcast_to(np.asarray(y, np.int64)[:, None], eta.shape[:-1] + (1,))

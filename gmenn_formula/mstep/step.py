@@ -418,12 +418,6 @@ def expand_second_moments(statistics: list[torch.Tensor], maps: tuple[torch.Tens
     return [torch.einsum("jkc,ckl,ilc->cji", A.to(S), S, A.to(S)) for S, A in zip(statistics, maps)]
 
 
-def variance_statistics(effects: torch.Tensor) -> torch.Tensor:
-    """Second moments (c, p, p) of draws (m, q, p, c): mean over draws and levels of b b^T."""
-    m, q, p, c = effects.shape
-    return torch.einsum("mqic,mqjc->cij", effects, effects) / (m * q)
-
-
 def residual_variance(eta_fixed: torch.Tensor, re: torch.Tensor, rows: Rows) -> float:
     """Gaussian M-step: mean over draws and rows of (y - eta)^2."""
     residual = rows.y.unsqueeze(0) - (eta_fixed.unsqueeze(0) + re)[..., 0]
@@ -489,28 +483,3 @@ class GaussianConditionals:
         linear part of the model with less noise (exactly E[b | y] with a single term)."""
         last = self.means[-1].to(effects[-1].dtype)[..., None]
         return (*effects[:-1], last)
-
-
-def softmax_second_moments(effects: tuple[torch.Tensor, ...], covariances: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Rao-Blackwellised second moments (c, p, p) per term for the softmax (categorical family).
-
-    The softmax is unchanged when coefficient j of one level gains the same t_j in every
-    class, so given the rest the likelihood says nothing about that shift t (p,) of a level's
-    effects b (p, c): its conditional is the prior's, normal with precision
-    T = sum_c Sigma_c^-1 and mean t* = -T^-1 sum_c Sigma_c^-1 b_c. Averaging
-    m_c m_c^T + T^-1 over levels and draws (m_c = b_c + t*) estimates the same E[b_c b_c^T | y]
-    as the draws' b_c b_c^T without the Monte Carlo noise of the shift, which the data leave as
-    wide as the prior: a 10-level factor's per-class variances needed ~170 averaged epochs to
-    reach their precision target on the paper's base scenario without it.
-    ``effects[l]`` (m, q, p, c) draws; ``covariances[l]`` (c, p, p) those they were drawn with.
-    """
-    result = []
-    for B, Sigma in zip(effects, covariances):
-        m, q, p, c = B.shape
-        B = B.double()
-        precision = torch.linalg.inv(Sigma.double())  # (c, p, p)
-        shift_covariance = torch.linalg.inv(precision.sum(0))  # T^-1 (p, p)
-        shift = -torch.einsum("ij,cjk,mqkc->mqi", shift_covariance, precision, B)  # t* (m, q, p)
-        centered = B + shift[..., None]
-        result.append(torch.einsum("mqic,mqjc->cij", centered, centered) / (m * q) + shift_covariance)
-    return result

@@ -70,7 +70,7 @@ class TrainingEStep:
         effects = tuple(torch.as_tensor(B, device=F.device) for B in draws.effects)
         offsets = DrawOffsets.from_draws(effects, self.train_rows, self.penalty)
         expanded, new_covariances, new_dispersion = variance_update(
-            self.problem, draws, F[self.training], self.train_rows, covariances, dispersion, self.expand
+            self.problem, draws, F[self.training], self.train_rows, covariances, dispersion, self.expand, score_form=False
         )
         return EpochInputs(draws, offsets, expanded, new_covariances, new_dispersion, seconds)
 

@@ -27,9 +27,8 @@ from gmenn_formula.mstep.step import (
     GaussianConditionals,
     random_part,
     residual_variance,
-    softmax_second_moments,
-    variance_statistics,
 )
+from gmenn_formula.mstep.moments import level_second_moments, score_controlled, softmax_level_moments
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.watchdog import WatchedSampler
@@ -122,6 +121,7 @@ def variance_update(
     covariances: list[np.ndarray],
     dispersion: float,
     expand: bool,
+    score_form: bool = True,
 ) -> tuple[tuple[torch.Tensor, ...], list[np.ndarray], float]:
     """The covariance/dispersion M-step from ``draws`` (drawn given F (n, c) on ``rows``,
     ``covariances`` and ``dispersion``). ``expand``: parameter-expanded (PX-EM; see
@@ -138,10 +138,9 @@ def variance_update(
         statistics = conditionals.second_moments()
         new_dispersion = conditionals.residual_variance(rows)
         effects = conditionals.effects_with_last_mean(effects)
-    elif family.shift_invariant:
-        statistics = softmax_second_moments(effects, current)
     else:
-        statistics = [variance_statistics(B) for B in effects]
+        per_level = [softmax_level_moments(B, S) if family.shift_invariant else level_second_moments(B) for B, S in zip(effects, current)]
+        statistics = score_controlled(family, effects, per_level, current, F, rows, dispersion) if score_form else [S.mean(0) for S in per_level]
     if expand:
         # From the draws themselves: a term at its conditional mean (shrunk toward 0) would read a
         # working parameter above 1 at the fixed point (a gaussian GLMM's last term went .2 -> .43)
@@ -194,19 +193,6 @@ class EffectMoments:
                 self.stored_epochs.append(epoch)
                 self._thin()
         self.count += effects[0].shape[0] if effects else 0
-
-    def merged(self, later: EffectMoments) -> EffectMoments:
-        """These draws and a ``later`` phase's (same shapes), as one: sums added, the stored draws
-        of both in order, thinned by halving until they fit ``max_draws``."""
-        both = EffectMoments(self.shapes, self.max_draws)
-        both.count = self.count + later.count
-        both.sum = [a + b for a, b in zip(self.sum, later.sum)]
-        both.sum_sq = [a + b for a, b in zip(self.sum_sq, later.sum_sq)]
-        both.stored = [a + b for a, b in zip(self.stored, later.stored)]
-        both.stored_epochs = self.stored_epochs + later.stored_epochs
-        both.stride = max(self.stride, later.stride)
-        both._thin()
-        return both
 
     def _thin(self) -> None:
         """Drop every other stored draw, doubling the stride, until the store is below ``max_draws``."""

@@ -1,4 +1,4 @@
-"""The Newton blocks of the variance phases: damping, and pooling two blocks' estimates."""
+"""The Newton blocks of the variance phases: damping, and the missing information's shrinkage."""
 
 from __future__ import annotations
 
@@ -6,28 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from gmenn_formula.training.averaging import stationary_se
 from gmenn_formula.training.newton import ParameterLayout, shrunk_covariance
-from gmenn_formula.training.phases import BlockRecord, Estimate, damped_step
-from gmenn_formula.training.variance import EffectMoments
+from gmenn_formula.training.phases import damped_step
 
 
 def _layout(components: int) -> ParameterLayout:
     """One random intercept with ``components`` classes (each its own variance) and 100 levels."""
     return ParameterLayout(entries=(((0, 0),),), num_outputs=components, num_levels=(100,), dispersion=False, num_rows=1000, num_fixed=0)
-
-
-def _ar1(rho: float, length: int, rng: np.random.Generator) -> np.ndarray:
-    out = np.zeros(length)
-    out[0] = rng.standard_normal()
-    for t in range(1, length):
-        out[t] = rho * out[t - 1] + rng.standard_normal() * np.sqrt(1 - rho**2)
-    return out
-
-
-def _record(values: np.ndarray) -> BlockRecord:
-    """A block whose epochs estimate ``values`` (t,) of one parameter."""
-    return BlockRecord(Estimate(np.array([values.mean()]), stationary_se(values[:, None])), len(values), EffectMoments([(1, 1, 1)]))
 
 
 def test_a_step_within_a_factor_of_two_is_taken_whole():
@@ -42,47 +27,6 @@ def test_a_step_beyond_a_factor_of_two_is_cut_to_it_and_not_whole(target):
     moved, whole = damped_step(layout, np.array([0.5, 0.4]), np.array([target, 0.4]))
     assert not whole
     assert moved[0] == pytest.approx(1.0 + 0.01 * 0.5 if target > 1 else 0.25)
-
-
-def test_pooled_blocks_weigh_by_epochs_and_report_the_spread_of_the_pooled_estimate():
-    """Two blocks of autocorrelated epochs (20 then 10, rho .6) around one fixed point: the pooled
-    estimate is their epoch-weighted mean, and its reported error matches its spread over 400
-    repetitions within 30% while being below either block's."""
-    rng = np.random.default_rng(5)
-    pooled = [_record(0.5 + 0.02 * _ar1(0.6, 20, rng)).pooled(_record(0.5 + 0.02 * _ar1(0.6, 10, rng))) for _ in range(400)]
-    first, second = _record(np.full(20, 1.0)), _record(np.full(10, 4.0))
-    assert first.pooled(second).estimate.theta[0] == pytest.approx(2.0) and first.pooled(second).epochs == 30
-    estimates = np.array([p.estimate.theta[0] for p in pooled])
-    reported = np.mean([p.estimate.se[0] for p in pooled])
-    assert reported == pytest.approx(estimates.std(), rel=0.3)
-    assert reported < 0.02 * np.sqrt(1.6 / 0.4 / 20)  # one 20-epoch block's error of the mean: 0.02 sqrt((1 + rho) / (1 - rho) / 20)
-
-
-def test_merged_moments_hold_both_phases_draws_in_order_within_the_store():
-    first, second = EffectMoments([(1, 1, 1)], max_draws=8), EffectMoments([(1, 1, 1)], max_draws=8)
-    values = np.arange(30, dtype=float)
-    for epoch in range(5):
-        first.add((values[3 * epoch : 3 * epoch + 3].reshape(3, 1, 1, 1),), epoch)
-    for epoch in range(5, 10):
-        second.add((values[3 * epoch : 3 * epoch + 3].reshape(3, 1, 1, 1),), epoch)
-    both = first.merged(second)
-    assert both.count == 30
-    assert float(both.mean()[0].ravel()[0]) == pytest.approx(values.mean())
-    assert float(both.sd()[0].ravel()[0]) == pytest.approx(values.std())
-    kept = [float(d.ravel()[0]) for d in both.draws()[0]]
-    assert 2 <= len(kept) < 8 and kept == sorted(kept) and kept[0] < 15 <= kept[-1]
-    assert len(both.stored_epochs) == len(kept) and both.stored_epochs == sorted(both.stored_epochs)
-
-
-def test_blocks_pool_only_when_their_estimates_agree_within_their_joint_error():
-    """A later block's estimate 1 joint error away pools; one 5 errors away (a step below the
-    significance floor but real) does not."""
-    moments = EffectMoments([(1, 1, 1)])
-    first = BlockRecord(Estimate(np.array([0.459, 0.30]), np.array([0.004, 0.01])), 10, moments)
-    near = BlockRecord(Estimate(np.array([0.459 + 0.005, 0.30]), np.array([0.003, 0.01])), 10, moments)
-    far = BlockRecord(Estimate(np.array([0.489, 0.30]), np.array([0.005, 0.01])), 10, moments)
-    assert first.agrees(near)
-    assert not first.agrees(far)
 
 
 def _per_unit(units: int, dimension: int, draws: int, correlation: float, rng: np.random.Generator) -> torch.Tensor:

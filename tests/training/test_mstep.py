@@ -19,10 +19,9 @@ from gmenn_formula.mstep.step import (
     expand_second_moments,
     expected_nll,
     random_part,
-    softmax_second_moments,
     train_epoch,
-    variance_statistics,
 )
+from gmenn_formula.mstep.moments import level_second_moments, softmax_level_moments
 from gmenn_formula.simulation import paper_scenario
 from gmenn_formula.training.fit import fit_design
 from gmenn_formula.training.problem import EMProblem
@@ -67,8 +66,8 @@ def test_expanded_draws_and_expanded_second_moments_agree():
     _, effects = _rows()
     g = torch.Generator().manual_seed(1)
     maps = (torch.randn(1, 1, 3, generator=g), torch.randn(2, 2, 3, generator=g))
-    for B, S_expanded, A in zip(effects, expand_second_moments([variance_statistics(B) for B in effects], maps), maps):
-        torch.testing.assert_close(variance_statistics(expand_effects((B,), (A,))[0]), S_expanded, rtol=1e-4, atol=1e-5)
+    for B, S_expanded, A in zip(effects, expand_second_moments([level_second_moments(B).mean(0) for B in effects], maps), maps):
+        torch.testing.assert_close(level_second_moments(expand_effects((B,), (A,))[0]).mean(0), S_expanded, rtol=1e-4, atol=1e-5)
 
 
 def test_parameter_expansion_reaches_a_boundary_variance_in_few_epochs():
@@ -155,9 +154,9 @@ def test_softmax_second_moments_ignore_the_draws_common_shift():
     Sigma = _per_class_covariances()
     B = torch.randn(4, 30, 2, 3, generator=g, dtype=torch.float64)
     shifted = B + 5 * torch.randn(4, 30, 2, 1, generator=g, dtype=torch.float64)
-    (before,), (after,) = softmax_second_moments((B,), [Sigma]), softmax_second_moments((shifted,), [Sigma])
+    before, after = softmax_level_moments(B, Sigma).mean(0), softmax_level_moments(shifted, Sigma).mean(0)
     torch.testing.assert_close(before, after)
-    assert not torch.allclose(variance_statistics(B).double(), variance_statistics(shifted).double())
+    assert not torch.allclose(level_second_moments(B).mean(0).double(), level_second_moments(shifted).mean(0).double())
 
 
 def test_softmax_second_moments_are_unbiased_with_less_noise():
@@ -169,8 +168,8 @@ def test_softmax_second_moments_are_unbiased_with_less_noise():
     plain, blackwellised = [], []
     for _ in range(400):
         B = torch.einsum("cij,mqjc->mqic", L, torch.randn(2, 20, 2, 3, generator=g))
-        plain.append(variance_statistics(B).double())
-        blackwellised.append(softmax_second_moments((B,), [Sigma])[0])
+        plain.append(level_second_moments(B).mean(0).double())
+        blackwellised.append(softmax_level_moments(B, Sigma).mean(0))
     plain, blackwellised = torch.stack(plain), torch.stack(blackwellised)
     torch.testing.assert_close(blackwellised.mean(0), Sigma.double(), atol=0.03, rtol=0.05)
     torch.testing.assert_close(plain.mean(0), Sigma.double(), atol=0.03, rtol=0.05)

@@ -1,0 +1,91 @@
+"""The variance M-step's statistic: each term's posterior second moments E[b b^T | y], from draws.
+
+Draws of term l are (m, q, p, c) (m draws, q levels, p coefficients, c outputs), its covariances
+(c, p, p); a statistic is (c, p, p), the mean over levels of a level's second moments
+(q, c, p, p). Three estimators of the same expectation, each unbiased given the draws:
+
+- the draws' own b b^T (:func:`level_second_moments`);
+- for the softmax, the same with the classes' common shift integrated out exactly
+  (:func:`softmax_level_moments`);
+- the posterior score's form (:func:`score_controlled`): Stein's identity. A level's posterior
+  is its prior N(0, Sigma_k) per output k times the likelihood, so integrating by parts,
+  E[grad log p(b | y) b^T] = -I, and with grad log p = -Sigma^-1 b + g (g the log-likelihood's
+  gradient in the level's effects, a sum over its rows), E[b b^T] = Sigma + Sigma E[g b^T]
+  (symmetrised). Its Monte Carlo noise scales with the data's information about the level,
+  where the draws' b b^T carries the posterior's whole spread: where the data say little (the
+  directions in which EM crawls and a Newton step amplifies the noise by (I - J)^-1), it is
+  the quiet one.
+
+:func:`score_controlled` mixes the draws' form and the score form per level and entry with
+the prior's share of the level's precision, w = 1 / (1 + Sigma_aa I_a) (I_a the Fisher
+information of coefficient a summed over the level's rows and averaged over the draws). For a
+gaussian likelihood this weight removes the quadratic noise exactly: with prior variance s,
+likelihood precision t and posterior mean mu, (1 - w) b^2 + w (s + s g b) = w s + mu b, whose
+variance is mu^2 v against 2 v^2 + 4 mu^2 v for b^2 (v the posterior variance).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gmenn_formula.families import Family
+from gmenn_formula.mstep.step import Rows, random_part
+
+
+def level_second_moments(effects: torch.Tensor) -> torch.Tensor:
+    """Second moments (q, c, p, p) of each level: the mean over draws (m, q, p, c) of b b^T."""
+    return torch.einsum("mqic,mqjc->qcij", effects, effects) / effects.shape[0]
+
+
+def softmax_level_moments(effects: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """Rao-Blackwellised second moments (q, c, p, p) of each level for the softmax (categorical).
+
+    The softmax is unchanged when coefficient j of one level gains the same t_j in every
+    class, so given the rest the likelihood says nothing about that shift t (p,) of a level's
+    effects b (p, c): its conditional is the prior's, normal with precision
+    T = sum_c Sigma_c^-1 and mean t* = -T^-1 sum_c Sigma_c^-1 b_c. Averaging
+    m_c m_c^T + T^-1 over draws (m_c = b_c + t*) estimates the same E[b_c b_c^T | y]
+    as the draws' b_c b_c^T without the Monte Carlo noise of the shift, which the data leave as
+    wide as the prior: a 10-level factor's per-class variances needed ~170 averaged epochs to
+    reach their precision target on the paper's base scenario without it.
+    ``effects`` (m, q, p, c) draws; ``covariance`` (c, p, p) the one they were drawn with.
+    """
+    B = effects.double()
+    precision = torch.linalg.inv(covariance.double())  # (c, p, p)
+    shift_covariance = torch.linalg.inv(precision.sum(0))  # T^-1 (p, p)
+    shift = -torch.einsum("ij,cjk,mqkc->mqi", shift_covariance, precision, B)  # t* (m, q, p)
+    return level_second_moments(B + shift[..., None]) + shift_covariance
+
+
+def score_controlled(
+    family: Family,
+    effects: tuple[torch.Tensor, ...],
+    per_level: list[torch.Tensor],
+    covariances: list[torch.Tensor],
+    F: torch.Tensor,
+    rows: Rows,
+    dispersion: float,
+) -> list[torch.Tensor]:
+    """Each term's statistic (c, p, p): the levels' second moments ``per_level`` (q, c, p, p, from
+    the draws ``effects`` (m, q, p, c)) mixed with Stein's score form (module docstring), the
+    draws having been drawn given F (n, c) on ``rows`` (every row weighing 1) and ``covariances``
+    (c, p, p). The rows' sums pass through ``rows.total`` (every shard's rows)."""
+    m, c = effects[0].shape[0], F.shape[1]
+    eta = (F.unsqueeze(0) + random_part(effects, rows)).reshape(-1, c)  # float32 like F: Monte Carlo noise dwarfs its rounding
+    y, trials = rows.per_draw(m)
+    loglik_gradient = -family.torch_nll_gradient(eta, y, trials.to(eta.dtype), dispersion).reshape(m, -1, c).permute(1, 0, 2)  # (n, m, c)
+    information = family.torch_fisher_diagonal(F, rows.trials.to(F.dtype), dispersion)  # (n, c), free of the draws
+    result = []
+    for B, moments, Sigma, codes, Z in zip(effects, per_level, covariances, rows.codes, rows.Z):
+        q, p = B.shape[1], B.shape[2]
+        g = torch.zeros(q, m, p, c, dtype=eta.dtype, device=B.device)
+        g = rows.total(g.index_add_(0, codes, Z[:, None, :, None] * loglik_gradient[:, :, None, :])).double()  # (q, m, p, c)
+        I = torch.zeros(q, p, c, dtype=F.dtype, device=B.device)
+        I = rows.total(I.index_add_(0, codes, Z[:, :, None] ** 2 * information[:, None, :])).double()
+        Sigma = Sigma.double()
+        prior_share = 1.0 / (1.0 + torch.diagonal(Sigma, dim1=1, dim2=2).T[None] * I)  # (q, p, c)
+        w = torch.sqrt(torch.einsum("qic,qjc->qcij", prior_share, prior_share))  # (q, c, p, p)
+        cross = torch.einsum("cik,qkjc->qcij", Sigma, torch.einsum("qmkc,mqjc->qkjc", g, B.double())) / m  # Sigma E[g b^T] per level
+        score_form = Sigma + (cross + cross.transpose(2, 3)) / 2
+        result.append(((1.0 - w) * moments + w * score_form).mean(0))
+    return result
