@@ -115,15 +115,15 @@ def largest_noise_z(count: int, epochs: int) -> float:
 
 def _batches(epochs: int) -> int:
     """Batch means :func:`stationary_se` forms from ``epochs`` epochs."""
-    return epochs // max(2, epochs // MAX_BATCHES)
+    return epochs // max(1, epochs // MAX_BATCHES)
 
 
 def stationary_se(values: np.ndarray) -> np.ndarray:
     """Standard error of the mean of a stationary sequence (t, ...) (a block's epochs at fixed
-    parameters): batch means of max(2, t // MAX_BATCHES) epochs, inflated by (1 + rho) / (1 - rho)
+    parameters): batch means of max(1, t // MAX_BATCHES) epochs, inflated by (1 + rho) / (1 - rho)
     with rho the lag-1 autocorrelation of the batch means (0 to MAX_AUTOCORRELATION)."""
     t = values.shape[0]
-    size = max(2, t // MAX_BATCHES)
+    size = max(1, t // MAX_BATCHES)
     batches = _batches(t)
     if batches < 2:
         return np.zeros(values.shape[1:])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -60,6 +60,11 @@ SHORT_STEP = 2.0
 """A Newton step may end the fit when it is within this many times the error allowed in the result
 (in :func:`~gmenn_formula.training.averaging.precise`'s sense); a longer one is taken and checked by
 another block."""
+QUICK_RATE = 0.9
+"""Where EM's rate (J's spectral radius) is at most this, a block may end the fit at its first look
+(``window`` epochs); above it, not before ``average_epochs``. J from short blocks underestimates a
+rate near 1 (heavy-tailed scores), and so the step and its error with it: a correlated slope
+(rate ~.95-.99) ended 11% above the exact ML after 10 epochs with a reported error of 2.7%."""
 MAX_VARIANCE_FACTOR = 2.0
 """A Newton step changes no variance by more than this factor (plus 1% of the largest variance)."""
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class Estimate:
 
     theta: np.ndarray
     se: np.ndarray
+    rate: float = 0.0
+    """EM's rate where the step was taken: J's spectral radius (its largest gain is 1 / (1 - rate))."""
 
 
 def damped_step(layout: ParameterLayout, theta: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -323,9 +330,10 @@ class VariancePhases:
             if not looks:
                 continue
             estimate, significant = self._newton(theta, targets, information)
-            precise = epoch >= convergence.average_epochs and self._precise(estimate)
+            fewest = convergence.average_epochs if estimate.rate > QUICK_RATE else min(convergence.window, convergence.average_epochs)
+            precise = epoch >= fewest and self._precise(estimate)
             if significant or (precise and not self._short(theta, estimate)):
-                return Estimate(damped_step(layout, theta, estimate.theta)[0], estimate.se), False
+                return replace(estimate, theta=damped_step(layout, theta, estimate.theta)[0]), False
             if precise:
                 return estimate, True
         estimate, _ = self._newton(theta, targets, information)
@@ -351,7 +359,8 @@ class VariancePhases:
         floor[: len(allowed)] = np.maximum(floor[: len(allowed)], allowed)
         z = np.abs(step) / np.maximum(se, floor)
         significant = bool(np.mean(z**2) > SIGNIFICANT_MEAN_SQUARED_Z or np.max(z) > max(MAX_Z, largest_noise_z(len(z), len(targets))))
-        return Estimate(self.layout.project(theta + step), se), significant
+        rate = float(np.max(np.abs(np.linalg.eigvals(J)), initial=0.0))
+        return Estimate(self.layout.project(theta + step), se, rate), significant
 
     def _short(self, theta: np.ndarray, estimate: Estimate) -> bool:
         """Whether the Newton step from ``theta`` to ``estimate`` is within the error allowed in
@@ -374,7 +383,9 @@ class VariancePhases:
         if not (self.fit_beta and self.nested and self.moments.count):
             return allowed
         covariances, dispersion, _ = self.layout.unflatten(theta)
-        information = fixed_effect_information(self.problem, self.model, covariances, dispersion, self.moments.mean(), set())
+        largest = max(float(np.abs(S).max()) for S in covariances)
+        held = {(l, k) for l, S in enumerate(covariances) for k in range(len(S)) if np.linalg.eigvalsh(S[k]).min() <= 1e-8 * largest}
+        information = fixed_effect_information(self.problem, self.model, covariances, dispersion, self.moments.mean(), held)
         beta_se = np.sqrt(np.maximum(np.diag(np.linalg.pinv(information)), 0.0))
         return np.concatenate([allowed, SAMPLING_SHARE * beta_se])
 
