@@ -18,7 +18,8 @@ Draws of term l are (m, q, p, c) (m draws, q levels, p coefficients, c outputs),
 
 :func:`score_controlled` mixes the draws' form and the score form per level and entry with
 the prior's share of the level's precision, w = 1 / (1 + Sigma_aa I_a) (I_a the Fisher
-information of coefficient a summed over the level's rows and averaged over the draws). For a
+information of coefficient a at the fixed part's output F, summed over the level's rows: free of
+the draws, so the mix stays unbiased). For a
 gaussian likelihood this weight removes the quadratic noise exactly: with prior variance s,
 likelihood precision t and posterior mean mu, (1 - w) b^2 + w (s + s g b) = w s + mu b, whose
 variance is mu^2 v against 2 v^2 + 4 mu^2 v for b^2 (v the posterior variance).

@@ -67,6 +67,8 @@ rate near 1 (heavy-tailed scores), and so the step and its error with it: a corr
 (rate ~.95-.99) ended 11% above the exact ML after 10 epochs with a reported error of 2.7%."""
 MAX_VARIANCE_FACTOR = 2.0
 """A Newton step changes no variance by more than this factor (plus 1% of the largest variance)."""
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A block's result: the Newton estimate ``theta`` (see
@@ -271,8 +273,8 @@ class VariancePhases:
         """At most ``budget`` epochs at the current parameters, looked at every ``window`` epochs: a
         Newton step beyond its Monte Carlo error ends the block with that step (damped), as does a
         precise one longer than the error allowed; a short step within its error ends the fit
-        once the error is small enough and ``average_epochs`` are done (or when the budget is
-        spent). Returns the estimate and whether it is the final one."""
+        once the error is small enough and ``average_epochs`` are done (``window`` where EM's rate
+        is at most QUICK_RATE), or when the budget is spent. Returns the estimate and whether it is the final one."""
         beta = self.model.beta.detach().cpu().numpy().copy() if self.fit_beta else None
         theta = self.layout.flatten(self.covariances, self.dispersion, beta)
         rows = self.problem.rows
