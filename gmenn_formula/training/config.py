@@ -160,7 +160,7 @@ class ConvergenceSettings:
 
     tolerance: float = _setting(2e-3, _Rule(float, 0, open_low=True), "relative change between windows that counts as settled")
     window: int = _setting(10, _Rule(int, 2), "epochs per window of the settle test")
-    average_epochs: int = _setting(20, _Rule(int, 1), "fewest epochs of the last Newton block where EM's rate exceeds 0.9 (elsewhere the first look, window epochs, may end it)")
+    average_epochs: int = _setting(20, _Rule(int, 1), "fewest epochs of the last Newton block where its step has a part along directions of EM rate above 0.9 that J's gain error could make count (elsewhere the first look, window epochs, may end it)")
     max_average_epochs: int = _setting(400, _Rule(int, 1), "most epochs of the Newton blocks that average the variances, all blocks together (at least average_epochs)")
     mcse_target: float = _setting(0.02, _Rule(float, 0, open_low=True), "Monte Carlo error sought, relative to each variance")
     parameter_expansion: bool = _setting(True, _Rule(bool), "parameter-expanded EM until averaging starts")
