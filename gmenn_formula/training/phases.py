@@ -278,7 +278,8 @@ class VariancePhases:
         Newton step beyond its Monte Carlo error ends the block with that step (damped), as does a
         precise one longer than the error allowed; a short step within its error ends the fit
         once the error is small enough and ``average_epochs`` are done (``window`` where the step's
-        flat part is short: :meth:`_gain_matters`), or when the budget is spent. Returns the estimate and whether it is the final one."""
+        flat part is short: :meth:`_gain_matters`), or when the budget is spent. Returns the
+        estimate and whether it is the final one."""
         beta = self.model.beta.detach().cpu().numpy().copy() if self.fit_beta else None
         theta = self.layout.flatten(self.covariances, self.dispersion, beta)
         rows = self.problem.rows
@@ -336,11 +337,12 @@ class VariancePhases:
             if not looks:
                 continue
             estimate, significant = self._newton(theta, targets, information)
-            fewest = convergence.average_epochs if self._gain_matters(theta, estimate) else min(convergence.window, convergence.average_epochs)
-            precise = epoch >= fewest and self._precise(estimate)
-            if significant or (precise and not self._short(theta, estimate)):
+            allowed = self._allowed(theta)
+            fewest = convergence.average_epochs if self._gain_matters(estimate, allowed) else min(convergence.window, convergence.average_epochs)
+            may_end = epoch >= fewest and self._precise(estimate)
+            if significant or (may_end and not self._short(theta, estimate, allowed)):
                 return replace(estimate, theta=damped_step(layout, theta, estimate.theta)[0]), False
-            if precise:
+            if may_end:
                 return estimate, True
         estimate, _ = self._newton(theta, targets, information)
         self.messages.append(
@@ -371,17 +373,20 @@ class VariancePhases:
         flat_step = np.real(vectors[:, flat] @ coefficients[flat])
         return Estimate(self.layout.project(theta + step), se, flat_step), significant
 
-    def _gain_matters(self, theta: np.ndarray, estimate: Estimate) -> bool:
+    @staticmethod
+    def _gain_matters(estimate: Estimate, allowed: np.ndarray) -> bool:
         """Whether the step's part in directions where EM's rate exceeds QUICK_RATE would move the
-        estimate by more than the error allowed (as :meth:`_precise` judges errors) were their
-        gain GAIN_ERROR times what J says: J from a short block underestimates a gain near 1."""
-        return not precise((GAIN_ERROR - 1.0) * np.abs(estimate.flat_step), self._allowed(theta))
+        estimate by more than the error ``allowed`` at the step's start (:meth:`_allowed`, judged as
+        :meth:`_precise` judges errors) were their gain GAIN_ERROR times what J says: J from a short
+        block underestimates a gain near 1."""
+        return not precise((GAIN_ERROR - 1.0) * np.abs(estimate.flat_step), allowed)
 
-    def _short(self, theta: np.ndarray, estimate: Estimate) -> bool:
-        """Whether the Newton step from ``theta`` to ``estimate`` is within the error allowed in
-        the result (as :meth:`_precise` judges errors), so that J's own error, which the estimate's
-        error leaves out, moves it by a fraction of that."""
-        return precise(np.abs(estimate.theta - theta) / SHORT_STEP, self._allowed(theta))
+    @staticmethod
+    def _short(theta: np.ndarray, estimate: Estimate, allowed: np.ndarray) -> bool:
+        """Whether the Newton step from ``theta`` to ``estimate`` is within SHORT_STEP times the error
+        ``allowed`` at ``theta`` (:meth:`_allowed`, judged as :meth:`_precise` judges errors), so that
+        J's own error, which the estimate's error leaves out, moves it by a fraction of that."""
+        return precise(np.abs(estimate.theta - theta) / SHORT_STEP, allowed)
 
     def _precise(self, estimate: Estimate) -> bool:
         """Whether the estimate's Monte Carlo errors are within what is allowed (:meth:`_allowed`)."""
