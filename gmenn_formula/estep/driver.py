@@ -35,10 +35,11 @@ VARIANCE_FLOOR = 1e-8
 
 def _approximate_posterior_draw(rng: np.random.Generator, whitening: Whitening, place: Callable) -> tuple[jax.Array, ...]:
     """center + L^{-T} z with z ~ N(0, I): one draw of the whitening's Gaussian, per term (q_l, d_l),
-    z placed by ``place``. z comes from numpy: JAX's normal sampler cost ~1 s of XLA compilation for
-    this one draw per fit."""
-    z = tuple(place(rng.standard_normal(c.shape).astype(c.dtype)) for c in whitening.center)
-    return _unwhiten(whitening, z)
+    made on the host and placed by ``place`` (in JAX, its normal sampler and the map would each
+    compile for this one draw per fit)."""
+    host = jax.device_get(whitening)
+    z = tuple(rng.standard_normal(c.shape).astype(c.dtype) for c in host.center)
+    return place(host.unwhiten(z))
 
 
 def _to_device(array: Any) -> jax.Array:
@@ -53,11 +54,6 @@ def _to_device(array: Any) -> jax.Array:
 def _on_device(value: Any) -> Any:
     """``value`` (a pytree of arrays) as JAX arrays on the default device."""
     return jax.tree.map(_to_device, value)
-
-
-@jax.jit
-def _unwhiten(whitening: Whitening, z: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    return whitening.unwhiten(z)
 
 
 def available_memory() -> int:

@@ -112,10 +112,9 @@ class BlockWhitening(NamedTuple):
         )
 
     def unwhiten(self, z: Position) -> Position:
-        """B = center + L^{-T} z, per term (q_l, d_l)."""
-        return tuple(
-            c + jnp.einsum("qij,qj->qi", U, z_l) for z_l, c, U in zip(z, self.center, self.chol_inv_t, strict=True)
-        )
+        """B = center + L^{-T} z, per term (q_l, d_l). Array operators only: the same on JAX and
+        numpy arrays (the E-step's first chain starts from a draw made on the host)."""
+        return tuple(c + (U @ z_l[..., None])[..., 0] for z_l, c, U in zip(z, self.center, self.chol_inv_t, strict=True))
 
 
 def whitened_logdensity(logdensity_fn: Callable[..., Array], whitening: Whitening) -> Callable[..., Array]:
@@ -238,9 +237,9 @@ class RankOneWhitening(NamedTuple):
         return tuple(out)
 
     def unwhiten(self, z: Position) -> Position:
-        """B = center + s * (z + g v (v . z)) per term (q_l, c)."""
+        """B = center + s * (z + g v (v . z)) per term (q_l, c) (array operators only, as :meth:`BlockWhitening.unwhiten`)."""
         return tuple(
-            c + s * (z_l + (g * jnp.sum(v * z_l, axis=-1))[:, None] * v)
+            c + s * (z_l + (g * (v * z_l).sum(-1))[:, None] * v)
             for z_l, c, s, v, g in zip(z, self.center, self.scale, self.direction, self.gain, strict=True)
         )
 
