@@ -13,6 +13,7 @@ from gmenn_formula.mstep.step import newton_fixed_effects
 from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.laplace import laplace_applies, laplace_start
 from gmenn_formula.training.log import EpochLog
+from gmenn_formula.training.newton import unit_groups
 from gmenn_formula.training.phases import VariancePhases
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.variance import chains_for_problem, chunk_for, initial_dispersion, make_estep, sampler_config
@@ -22,6 +23,10 @@ START_NEWTON_STEPS = 25
 MAX_CROSSED_PRIOR_SHARE = 0.2
 """Crossed terms take the short EM after a Laplace start only where the data determine their
 levels: the prior's mean share of a level's posterior precision at most this, for every term."""
+LAPLACE_STOP_SHARE = 0.5
+"""A crossed design's Laplace start ends after the first iteration whose prior share exceeds this:
+EM settles after such a start anyway (the share rarely falls from there to MAX_CROSSED_PRIOR_SHARE),
+and Laplace's further iterations lead it away from the exact answer (laplace.laplace_start)."""
 
 
 def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: EpochLog) -> tuple[VariancePhases, bool]:
@@ -31,7 +36,8 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     information) is exact, or nearly, there and takes the steps from Laplace's answer to the exact
     one. Crossed levels that the data hardly determine are coupled a posteriori, which that Jacobian
     leaves out (it read EM's rate as .77-.91 where EM moved at ~.95 on 10^6 binary rows and 3 x 10^5
-    levels, ~10 rows each), so its steps fall short there and EM settles first. A data-parallel
+    levels, ~10 rows each), so its steps fall short there and EM settles first, from the Laplace
+    start's first iteration (its later ones move toward Laplace's own, biased, answer). A data-parallel
     fit has no Laplace start (its sparse Newton solve needs every row): EM starts from the
     fixed effects alone and settles. Returns the
     finished phases and whether EM settled (True after a short EM)."""
@@ -41,7 +47,8 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     dispersion, scale = initial_dispersion(problem, model, rows)
     covariances, start = problem.initial_covariances(scale), None
     if config.convergence.laplace_start and laplace_applies(problem) and not problem.data_parallel:
-        start = laplace_start(problem, model, covariances)
+        nested = len(unit_groups(problem)) == 1
+        start = laplace_start(problem, model, covariances, stop_share=None if nested else LAPLACE_STOP_SHARE)
         covariances = start.covariances
     chunk = chunk_for(config.estep.draws, chains_for_problem(problem, config))
     estep = make_estep(problem, config, sampler_config(problem, config, chunk, variances=True), np.ones(problem.num_rows))

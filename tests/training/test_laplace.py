@@ -94,3 +94,40 @@ def test_crossed_levels_the_data_hardly_determine_run_em_until_it_settles_after_
 
 def _em_epochs(fit) -> int:
     return int((fit.history["phase"] == "em").sum())
+
+
+def test_a_laplace_start_given_stop_share_ends_after_the_first_iteration_whose_share_exceeds_it(monkeypatch):
+    """Binary levels of ~4 rows (prior share above .5 at once): with ``stop_share`` the start is its
+    first iteration; without, it iterates on (to other variances)."""
+    import gmenn_formula.training.laplace as laplace
+
+    data = _crossed_binary(2000, (500, 400))
+    start = [np.full((1, 1, 1), 0.25)] * 2
+    problem, model = _problem("y ~ 1 + (1 | g) + (1 | h)", data, "binomial")
+    stopped = laplace_start(problem, model, start, stop_share=0.5)
+    problem, model = _problem("y ~ 1 + (1 | g) + (1 | h)", data, "binomial")
+    iterated = laplace_start(problem, model, start)
+    monkeypatch.setattr(laplace, "MAX_ITERATIONS", 1)
+    problem, model = _problem("y ~ 1 + (1 | g) + (1 | h)", data, "binomial")
+    first = laplace_start(problem, model, start)
+    assert stopped.prior_share > 0.5
+    for S, S1, S_iterated in zip(stopped.covariances, first.covariances, iterated.covariances):
+        np.testing.assert_allclose(S, S1)
+        assert abs(S_iterated[0, 0, 0] - S[0, 0, 0]) > 0.05
+
+
+def test_a_fit_stops_the_laplace_start_early_only_for_crossed_designs(monkeypatch, cbpp):
+    """Crossed terms get ``stop_share`` (LAPLACE_STOP_SHARE), terms nested in one factor (cbpp's one
+    factor) iterate to convergence, since their short EM starts from Laplace's answer."""
+    import gmenn_formula.training.glmm as glmm
+
+    seen = []
+
+    def spy(*args, stop_share=None):
+        seen.append(stop_share)
+        return laplace_start(*args, stop_share=stop_share)
+
+    monkeypatch.setattr(glmm, "laplace_start", spy)
+    gf.gmenn("y ~ 1 + (1 | g) + (1 | h)", _crossed_binary(2000, (500, 400)), family="binomial", verbose=0, seed=0, epochs=2)
+    gf.gmenn("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, verbose=0, epochs=2)
+    assert seen == [glmm.LAPLACE_STOP_SHARE, None]
