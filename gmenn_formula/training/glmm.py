@@ -45,14 +45,13 @@ def fit_glmm(problem: EMProblem, model: FixedPart, config: FitConfig, log: Epoch
     no_effects = tuple(torch.zeros((1, *shape), device=problem.device) for shape in problem.shapes)
     newton_fixed_effects(model, problem.family, rows, no_effects, 1.0, steps=START_NEWTON_STEPS)
     dispersion, scale = initial_dispersion(problem, model, rows)
-    covariances, start = problem.initial_covariances(scale), None
+    covariances, start, groups = problem.initial_covariances(scale), None, unit_groups(problem)
     if config.convergence.laplace_start and laplace_applies(problem) and not problem.data_parallel:
-        nested = len(unit_groups(problem)) == 1
-        start = laplace_start(problem, model, covariances, stop_share=None if nested else LAPLACE_STOP_SHARE)
+        start = laplace_start(problem, model, covariances, stop_share=None if len(groups) == 1 else LAPLACE_STOP_SHARE)
         covariances = start.covariances
     chunk = chunk_for(config.estep.draws, chains_for_problem(problem, config))
     estep = make_estep(problem, config, sampler_config(problem, config, chunk, variances=True), np.ones(problem.num_rows))
-    phases = VariancePhases(problem, model, estep, config, log, covariances, dispersion, fit_beta=True)
+    phases = VariancePhases(problem, model, estep, config, log, covariances, dispersion, fit_beta=True, groups=groups)
     epochs, settle = config.training.max_epochs(False), True
     if start is not None and (phases.nested or start.prior_share <= MAX_CROSSED_PRIOR_SHARE):
         epochs, settle = min(epochs, config.convergence.final_epochs), False

@@ -36,7 +36,7 @@ from gmenn_formula.training.config import FitConfig
 from gmenn_formula.training.gaussian_ml import direct_fit_applies, fit_gaussian_ml
 from gmenn_formula.training.information import fixed_effect_information
 from gmenn_formula.training.log import EpochLog
-from gmenn_formula.training.newton import MissingInformation, ParameterLayout, unit_groups
+from gmenn_formula.training.newton import MissingInformation, ParameterLayout, UnitGroup, unit_groups
 from gmenn_formula.training.overlap import DrawAhead, torch_threads_beside
 from gmenn_formula.training.problem import EMProblem
 from gmenn_formula.training.variance import EffectMoments, chains_for_problem, predict_fixed, predict_held, timed_draw, variance_update
@@ -107,7 +107,9 @@ class VariancePhases:
     ``fit_beta``: the linear fixed effects get an exact Newton M-step (plain GLMMs; with
     networks the fixed part stays frozen). ``covariances`` (per term (c, p, p)) and
     ``dispersion`` are where EM starts and, after each epoch or block, the parameters the
-    next E-step uses. After :meth:`estimate`, ``result`` holds the reported estimate.
+    next E-step uses. ``groups``: the problem's :func:`~gmenn_formula.training.newton.unit_groups`
+    where the caller has them (None: found here). After :meth:`estimate`, ``result`` holds the
+    reported estimate.
     """
 
     def __init__(
@@ -120,13 +122,14 @@ class VariancePhases:
         covariances: list[np.ndarray],
         dispersion: float,
         fit_beta: bool,
+        groups: list[UnitGroup] | None = None,
     ) -> None:
         self.problem, self.model, self.estep, self.config, self.log = problem, model, estep, config, log
         self.covariances, self.dispersion, self.fit_beta = covariances, dispersion, fit_beta
         self.averager = Averager(config.convergence.window, config.convergence.tolerance)
         self.moments = EffectMoments(list(problem.shapes))
         self.layout = ParameterLayout.of(problem, fit_beta)
-        self.groups = unit_groups(problem)
+        self.groups = unit_groups(problem) if groups is None else groups
         self.messages: list[str] = []
         self.result: Estimate | None = None
         self.block_epochs = 0

@@ -62,7 +62,6 @@ def test_shrinkage_keeps_a_well_determined_correlation():
 def test_the_blocks_run_at_most_max_average_epochs_in_all():
     """EM stopped after 2 epochs, far from its fixed point: the first block's Newton step is long, so
     a second block follows; all together they stop at max_average_epochs, with a message."""
-    import gmenn_formula as gf
     from gmenn_formula.simulation import paper_scenario
 
     sim = paper_scenario(rows=1500, features=1, levels=(40, 30), variances=(0.5, 0.3), family="binomial", nonlinear=False, seed=2)
