@@ -361,6 +361,28 @@ def _expansion_share(direction: torch.Tensor) -> float:
     return min(1.0, MAX_EXPANSION_STEP / growth) if growth > 0 else 1.0
 
 
+EXPANSION_CHUNK = 4096
+"""Draw-rows per product in the PX-EM Hessian: the products' temporaries stay a few MB, which the
+allocator reuses, where one product over all rows (34 MB at 100 classes) paid its page faults
+on every call."""
+
+
+def _working_columns(effects: tuple[torch.Tensor, ...], rows: Rows) -> torch.Tensor:
+    """(c, P, m * n) float32, P = sum_l p_l^2: column (j, k) of term l holds Z_l[:, j] times the
+    draws' B_l[:, codes_l, k] per class, draw-major over the rows (draws (m, q_l, p_l, c))."""
+    m, c, n = effects[0].shape[0], effects[0].shape[3], len(rows)
+    U = torch.empty(c, sum(B.shape[2] ** 2 for B in effects), m * n, dtype=effects[0].dtype, device=effects[0].device)
+    column = 0
+    for B, codes, Z in zip(effects, rows.codes, rows.Z):
+        q, p = B.shape[1], B.shape[2]
+        drawn = torch.index_select(B.permute(3, 2, 0, 1).reshape(c * p * m, q), 1, codes).reshape(c, p, m * n)
+        for j in range(p):
+            U[:, column : column + p] = drawn
+            U[:, column : column + p] *= Z[:, j].repeat(m).to(U.dtype)
+            column += p
+    return U
+
+
 def expansion_maps(
     family: Family, eta_fixed: torch.Tensor, effects: tuple[torch.Tensor, ...], rows: Rows, dispersion: float
 ) -> tuple[torch.Tensor, ...]:
@@ -369,40 +391,45 @@ def expansion_maps(
 
     The expanded model writes each level's effects as A b: the A's are fitted to
     the draws by one damped Newton step from the identity on the expected NLL of
-    y given F + sum_l Z_l (A_l B_l)[codes] (per-class Hessian blocks; float64; no
-    entry growing by more than MAX_EXPANSION_STEP), and the reduction maps the draws' second moments S to A S A^T. The fixed
+    y given F + sum_l Z_l (A_l B_l)[codes] (per-class Hessian blocks, no entry
+    growing by more than MAX_EXPANSION_STEP; rows in float32, sums and the step in
+    float64), and the reduction maps the draws' second moments S to A S A^T. The fixed
     point is EM's, but a variance the data do not support (at the boundary, 0)
     is reached in a few epochs instead of shrinking geometrically, and the
     covariance of correlated slopes moves at the speed of the variances.
     """
-    parts = [
-        torch.einsum("bj,mbkc->mbjkc", Z, B[:, codes]).flatten(2, 3) for B, codes, Z in zip(effects, rows.codes, rows.Z)
-    ]
-    U = torch.cat(parts, dim=2).double()
-    m, n, P, c = U.shape
+    U = _working_columns(effects, rows)
+    c, P, draw_rows = U.shape
+    m = effects[0].shape[0]
     y, trials = rows.per_draw(m)
-    base = eta_fixed.double().unsqueeze(0)
+    base = eta_fixed.T.to(U.dtype).repeat(1, m).unsqueeze(1)
 
     def eta(flat: torch.Tensor) -> torch.Tensor:
-        return (base + torch.einsum("mnpc,pc->mnc", U, flat.reshape(P, c))).reshape(m * n, c)
+        """(m * n, c) for the working parameters ``flat`` (P * c,)."""
+        A = flat.reshape(P, c).T.to(U.dtype)
+        return torch.baddbmm(base, A.unsqueeze(1), U)[:, 0].T.contiguous()
 
     def objective(flat: torch.Tensor) -> float:
-        return float(rows.total(family.torch_nll(eta(flat), y, trials, dispersion).sum())) / m
+        return float(rows.total(family.torch_nll(eta(flat), y, trials, dispersion).sum(dtype=torch.float64))) / m
 
     sizes = [B.shape[2] for B in effects]
-    identity = torch.cat([torch.eye(p, dtype=U.dtype, device=U.device).reshape(p * p, 1).expand(p * p, c) for p in sizes])
+    identity = torch.cat([torch.eye(p, dtype=torch.float64, device=U.device).reshape(p * p, 1).expand(p * p, c) for p in sizes])
     identity = identity.reshape(-1)
-    at_identity = eta(identity).requires_grad_(True)
-    nll_at_identity = family.torch_nll(at_identity, y, trials, dispersion).sum()
-    g = torch.autograd.grad(nll_at_identity, at_identity)[0]
-    w = family.torch_fisher_diagonal(at_identity.detach(), trials, dispersion)
-    gradient = rows.total(torch.einsum("mnpc,mnc->pc", U, g.reshape(m, n, c)))
-    hessian = rows.total(torch.einsum("mnpc,mnc,mnqc->cpq", U, w.reshape(m, n, c), U))
+    at_identity = eta(identity)
+    g = family.torch_nll_gradient(at_identity, y, trials, dispersion).T.contiguous()
+    w = family.torch_fisher_diagonal(at_identity, trials, dispersion).T.contiguous()
+    gradient = rows.total(torch.bmm(U, g.unsqueeze(-1))[..., 0].double().T)
+    hessian = torch.zeros(c, P, P, dtype=U.dtype, device=U.device)
+    for start in range(0, draw_rows, EXPANSION_CHUNK):
+        part = U[:, :, start : start + EXPANSION_CHUNK]
+        hessian.baddbmm_(part * w[:, None, start : start + EXPANSION_CHUNK], part.transpose(1, 2))
+    hessian = rows.total(hessian.double())
     ridge = 1e-8 * (1.0 + hessian.diagonal(dim1=1, dim2=2).abs().mean())
-    hessian = hessian + ridge * torch.eye(P, dtype=U.dtype, device=U.device)
+    hessian = hessian + ridge * torch.eye(P, dtype=hessian.dtype, device=U.device)
     direction = torch.linalg.solve(hessian, gradient.T.unsqueeze(-1))[..., 0].T.reshape(-1)
     direction = direction * _expansion_share(direction)
-    accepted = _damped_step(objective, identity, float(rows.total(nll_at_identity.detach())) / m, direction)
+    value = float(rows.total(family.torch_nll(at_identity, y, trials, dispersion).sum(dtype=torch.float64))) / m
+    accepted = _damped_step(objective, identity, value, direction)
     flat = (accepted[0] if accepted is not None else identity).reshape(P, c).float()
     blocks = torch.split(flat, [p * p for p in sizes], dim=0)
     return tuple(block.reshape(p, p, c) for block, p in zip(blocks, sizes))
