@@ -49,7 +49,8 @@ class Categorical(Family):
     def torch_nll_gradient(self, eta, y, trials, dispersion):
         import torch
 
-        return torch.softmax(eta, dim=-1) - torch.nn.functional.one_hot(y.long(), eta.shape[1]).to(eta.dtype)
+        gradient = torch.softmax(eta, dim=-1)
+        return gradient.scatter_add_(1, y.long()[:, None], torch.full_like(gradient[:, :1], -1.0))
 
     def torch_nll_derivatives(self, eta, y, trials, dispersion):
         import torch

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from gmenn_formula.families import Family
-from gmenn_formula.mstep.step import Rows, random_part
+from gmenn_formula.mstep.step import Rows
 
 
 def level_second_moments(effects: torch.Tensor) -> torch.Tensor:
@@ -58,6 +58,12 @@ def softmax_level_moments(effects: torch.Tensor, covariance: torch.Tensor) -> to
     return level_second_moments(B + shift[..., None]) + shift_covariance
 
 
+SCORE_CHUNK = 4096
+"""Rows per pass of the score form's per-level sums: each pass's temporaries (draws x rows x
+outputs) stay a few MB, which the allocator reuses; at 100 classes and 4 draws a pass over all
+20,000 rows made ~30 MB temporaries whose page faults were most of the call."""
+
+
 def score_controlled(
     family: Family,
     effects: tuple[torch.Tensor, ...],
@@ -71,22 +77,44 @@ def score_controlled(
     the draws ``effects`` (m, q, p, c)) mixed with Stein's score form (module docstring), the
     draws having been drawn given F (n, c) on ``rows`` (every row weighing 1) and ``covariances``
     (c, p, p). The rows' sums pass through ``rows.total`` (every shard's rows)."""
-    m, c = effects[0].shape[0], F.shape[1]
-    eta = (F.unsqueeze(0) + random_part(effects, rows)).reshape(-1, c)  # float32 like F: Monte Carlo noise dwarfs its rounding
-    y, trials = rows.per_draw(m)
-    loglik_gradient = -family.torch_nll_gradient(eta, y, trials.to(eta.dtype), dispersion).reshape(m, -1, c).permute(1, 0, 2)  # (n, m, c)
-    information = family.torch_fisher_diagonal(F, rows.trials.to(F.dtype), dispersion)  # (n, c), free of the draws
+    m = effects[0].shape[0]
+    gradients, informations = _level_scores(family, effects, F, rows, dispersion)
     result = []
-    for B, moments, Sigma, codes, Z in zip(effects, per_level, covariances, rows.codes, rows.Z):
-        q, p = B.shape[1], B.shape[2]
-        g = torch.zeros(q, m, p, c, dtype=eta.dtype, device=B.device)
-        g = rows.total(g.index_add_(0, codes, Z[:, None, :, None] * loglik_gradient[:, :, None, :])).double()  # (q, m, p, c)
-        I = torch.zeros(q, p, c, dtype=F.dtype, device=B.device)
-        I = rows.total(I.index_add_(0, codes, Z[:, :, None] ** 2 * information[:, None, :])).double()
-        Sigma = Sigma.double()
+    for B, moments, Sigma, g, I in zip(effects, per_level, covariances, gradients, informations):
+        g, I, Sigma = rows.total(g).double(), rows.total(I).double(), Sigma.double()
         prior_share = 1.0 / (1.0 + torch.diagonal(Sigma, dim1=1, dim2=2).T[None] * I)  # (q, p, c)
         w = torch.sqrt(torch.einsum("qic,qjc->qcij", prior_share, prior_share))  # (q, c, p, p)
         cross = torch.einsum("cik,qkjc->qcij", Sigma, torch.einsum("qmkc,mqjc->qkjc", g, B.double())) / m  # Sigma E[g b^T] per level
         score_form = Sigma + (cross + cross.transpose(2, 3)) / 2
         result.append(((1.0 - w) * moments + w * score_form).mean(0))
     return result
+
+
+def _level_scores(
+    family: Family, effects: tuple[torch.Tensor, ...], F: torch.Tensor, rows: Rows, dispersion: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per term, this shard's sums over each level's rows of the log-likelihood's gradient in the
+    level's effects, (q, m, p, c) per draw, and of the Fisher information at F, (q, p, c) (free of
+    the draws); float32 like F: Monte Carlo noise dwarfs its rounding."""
+    m, c = effects[0].shape[0], F.shape[1]
+    gradients = [torch.zeros(B.shape[1], m, B.shape[2], c, dtype=F.dtype, device=F.device) for B in effects]
+    informations = [torch.zeros(B.shape[1], B.shape[2], c, dtype=F.dtype, device=F.device) for B in effects]
+    intercepts = [B.shape[2] == 1 and bool((Z == 1).all()) for B, Z in zip(effects, rows.Z)]
+    for start in range(0, len(rows), SCORE_CHUNK):
+        part = slice(start, start + SCORE_CHUNK)
+        codes, Z = [codes[part] for codes in rows.codes], [Z[part] for Z in rows.Z]
+        eta = F[part].unsqueeze(0).repeat(m, 1, 1)  # (m, k, c)
+        for B, level, z, intercept in zip(effects, codes, Z, intercepts):
+            eta += B[:, level, 0] if intercept else torch.einsum("bp,mbpc->mbc", z, B[:, level])
+        k = eta.shape[1]
+        y, trials = rows.y[part].repeat(m), rows.trials[part].repeat(m).to(F.dtype)
+        nll_gradient = family.torch_nll_gradient(eta.reshape(m * k, c), y, trials, dispersion).reshape(m, k, c).transpose(0, 1)
+        information = family.torch_fisher_diagonal(F[part], rows.trials[part].to(F.dtype), dispersion)  # (k, c)
+        for g, I, level, z, intercept in zip(gradients, informations, codes, Z, intercepts):
+            if intercept:
+                g[:, :, 0].index_add_(0, level, nll_gradient)
+                I[:, 0].index_add_(0, level, information)
+            else:
+                g.index_add_(0, level, z[:, None, :, None] * nll_gradient[:, :, None, :])
+                I.index_add_(0, level, z[:, :, None] ** 2 * information[:, None, :])
+    return [g.neg_() for g in gradients], informations
