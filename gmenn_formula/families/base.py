@@ -91,6 +91,10 @@ class Family(ABC):
         """Gradient (n, c) of each row's NLL in ``eta`` (n, c), in closed form, without the Hessian."""
         return self.torch_nll_derivatives(eta, y, trials, dispersion)[0]
 
+    def torch_nll_hessian_sum(self, eta: torch.Tensor, y: torch.Tensor, trials: torch.Tensor, dispersion: float) -> torch.Tensor:
+        """(c, c) sum over the rows of each row's NLL Hessian in ``eta`` (n, c), in closed form."""
+        return self.torch_nll_derivatives(eta, y, trials, dispersion)[1].sum(0)
+
     @abstractmethod
     def loglik(self, y: np.ndarray, eta: np.ndarray, trials: np.ndarray, dispersion: float) -> np.ndarray:
         """(..., n) log-likelihood of each row for eta (..., n, c), constants included (numpy)."""

@@ -317,8 +317,9 @@ def intercept_shift(family: Family, eta: torch.Tensor, rows: Rows, steps: int = 
     delta = torch.zeros(eta.shape[1], dtype=eta.dtype, device=eta.device)
     value = objective(delta)
     for _ in range(steps):
-        g_eta, h_eta = row_derivatives(family, eta + delta, rows.y, rows.trials, 1.0)
-        gradient, hessian = rows.total(g_eta.sum(0)), rows.total(h_eta.sum(0))
+        at = eta + delta
+        gradient = rows.total(family.torch_nll_gradient(at, rows.y, rows.trials, 1.0).sum(0))
+        hessian = rows.total(family.torch_nll_hessian_sum(at, rows.y, rows.trials, 1.0))
         ridge = 1e-8 * (1.0 + hessian.diagonal().abs().mean()) * torch.eye(len(delta), dtype=hessian.dtype, device=hessian.device)
         direction = torch.linalg.solve(hessian + ridge, gradient)
         if _converged(gradient, direction, value):

@@ -64,3 +64,37 @@ def test_closed_form_nll_derivatives_are_autograds(name):
     assert closed_gradient.shape == gradient.shape and closed_hessian.shape == hessian.shape
     torch.testing.assert_close(closed_gradient, gradient.detach(), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(closed_hessian, hessian.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "binomial", "poisson", "categorical"])
+def test_summed_hessian_and_fisher_diagonal_are_the_rows(name):
+    """The summed Hessian (intercept_shift's Newton steps) and the Fisher diagonal (PX-EM, the
+    score form) are those of the rows' closed-form Hessians."""
+    family, rng, dispersion = get_family(name), np.random.default_rng(2), 1.7
+    eta, y, trials = _case(name, rng)
+    e, trials_t = torch.as_tensor(eta[0]), torch.as_tensor(trials)
+    y_t = torch.as_tensor(y, dtype=torch.long if name == "categorical" else torch.float64)
+    _, hessian = family.torch_nll_derivatives(e, y_t, trials_t, dispersion)
+    torch.testing.assert_close(family.torch_nll_hessian_sum(e, y_t, trials_t, dispersion), hessian.sum(0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(family.torch_fisher_diagonal(e, trials_t, dispersion), torch.diagonal(hessian, dim1=1, dim2=2), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes", [2, 5, 15, 16, 40])
+def test_categorical_torch_functions_on_both_sides_of_the_fused_kernels(classes):
+    """Below FUSED_CLASSES the categorical family computes softmax and cross-entropy in elementwise
+    steps, from it with torch's kernels: both give numpy's log-likelihood and autograd's derivatives,
+    also at large |eta| (the max is subtracted before exp)."""
+    from gmenn_formula.families.categorical import FUSED_CLASSES
+
+    assert 5 < FUSED_CLASSES <= 40
+    family, rng = get_family("categorical"), np.random.default_rng(classes)
+    eta = rng.normal(0, 1, (N, classes)) * 30.0
+    y = rng.integers(0, classes, N)
+    e, y_t, trials = torch.as_tensor(eta).requires_grad_(True), torch.as_tensor(y), torch.ones(N, dtype=torch.float64)
+    nll = family.torch_nll(e, y_t, trials, 1.0)
+    np.testing.assert_allclose(-nll.detach().numpy(), family.loglik(y, eta, np.ones(N), 1.0), rtol=1e-10, atol=1e-10)
+    gradient = torch.autograd.grad(nll.sum(), e)[0]
+    torch.testing.assert_close(family.torch_nll_gradient(e.detach(), y_t, trials, 1.0), gradient, rtol=1e-10, atol=1e-12)
+    p = np.exp(eta - eta.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(family.torch_fisher_diagonal(e.detach(), trials, 1.0).numpy(), p * (1 - p), rtol=1e-10, atol=1e-12)
