@@ -273,8 +273,8 @@ class MissingInformation:
         for group, sums, products in zip(self.groups, self.sums, self.products):
             columns = []
             for l in group.terms:
-                B = effects[l].double()  # (m, q, p, c)
-                per_level = torch.stack([B[:, :, a, k] * B[:, :, b, k] for k in range(c) for a, b in self.layout.entries[l]], 2)
+                B, (a, b) = effects[l].double(), zip(*self.layout.entries[l])  # (m, q, p, c)
+                per_level = (B[:, :, list(a)] * B[:, :, list(b)]).transpose(2, 3).flatten(2)  # (m, q, c entries), class-major
                 X = torch.zeros(m, group.num_units, per_level.shape[2], dtype=torch.float64, device=B.device)
                 columns.append(X.index_add_(1, group.units[group.terms.index(l)], per_level))
             if group.row_units is not None and self.layout.dispersion:
@@ -286,7 +286,8 @@ class MissingInformation:
                 columns.append(X.index_add_(1, group.row_units, scores))
             X = torch.cat(columns, 2)  # (m, units, d)
             sums += X.sum(0)
-            products += torch.einsum("mui,muj->uij", X, X)
+            per_unit = X.permute(1, 2, 0)  # (units, d, m)
+            products.baddbmm_(per_unit, per_unit.transpose(1, 2))
         self.count += m
 
     def jacobian(self, theta: np.ndarray) -> np.ndarray:
