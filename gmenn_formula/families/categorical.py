@@ -26,6 +26,13 @@ def _softmax(eta):
     return exp / exp.sum(dim=-1, keepdim=True)
 
 
+def _less_one_hot(p, y):
+    """p (n, c) less the one-hot rows of the classes y (n,), in place (the softmax NLL's gradient)."""
+    import torch
+
+    return p.scatter_add_(1, y.long()[:, None], torch.full_like(p[:, :1], -1.0))
+
+
 class Categorical(Family):
     name = "categorical"
     link = "softmax"
@@ -63,16 +70,14 @@ class Categorical(Family):
         return p * (1.0 - p)
 
     def torch_nll_gradient(self, eta, y, trials, dispersion):
-        import torch
-
-        gradient = _softmax(eta)
-        return gradient.scatter_add_(1, y.long()[:, None], torch.full_like(gradient[:, :1], -1.0))
+        return _less_one_hot(_softmax(eta), y)
 
     def torch_nll_derivatives(self, eta, y, trials, dispersion):
         import torch
 
         p = _softmax(eta)
-        return self.torch_nll_gradient(eta, y, trials, dispersion), torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        hessian = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        return _less_one_hot(p, y), hessian
 
     def torch_nll_hessian_sum(self, eta, y, trials, dispersion):
         import torch

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from gmenn_formula.families import Family
-from gmenn_formula.mstep.step import Rows
+from gmenn_formula.mstep.step import Rows, random_part
 
 
 def level_second_moments(effects: torch.Tensor) -> torch.Tensor:
@@ -100,18 +100,15 @@ def _level_scores(
     m, c = effects[0].shape[0], F.shape[1]
     gradients = [torch.zeros(B.shape[1], m, B.shape[2], c, dtype=F.dtype, device=F.device) for B in effects]
     informations = [torch.zeros(B.shape[1], B.shape[2], c, dtype=F.dtype, device=F.device) for B in effects]
-    intercepts = [B.shape[2] == 1 and bool((Z == 1).all()) for B, Z in zip(effects, rows.Z)]
     for start in range(0, len(rows), SCORE_CHUNK):
         part = slice(start, start + SCORE_CHUNK)
-        codes, Z = [codes[part] for codes in rows.codes], [Z[part] for Z in rows.Z]
-        eta = F[part].unsqueeze(0).repeat(m, 1, 1)  # (m, k, c)
-        for B, level, z, intercept in zip(effects, codes, Z, intercepts):
-            eta += B[:, level, 0] if intercept else torch.einsum("bp,mbpc->mbc", z, B[:, level])
+        chunk = rows.take(part)
+        eta = F[part].unsqueeze(0) + random_part(effects, chunk)  # (m, k, c)
         k = eta.shape[1]
-        y, trials = rows.y[part].repeat(m), rows.trials[part].repeat(m).to(F.dtype)
-        nll_gradient = family.torch_nll_gradient(eta.reshape(m * k, c), y, trials, dispersion).reshape(m, k, c).transpose(0, 1)
-        information = family.torch_fisher_diagonal(F[part], rows.trials[part].to(F.dtype), dispersion)  # (k, c)
-        for g, I, level, z, intercept in zip(gradients, informations, codes, Z, intercepts):
+        y, trials = chunk.per_draw(m)
+        nll_gradient = family.torch_nll_gradient(eta.reshape(m * k, c), y, trials.to(F.dtype), dispersion).reshape(m, k, c).transpose(0, 1)
+        information = family.torch_fisher_diagonal(F[part], chunk.trials.to(F.dtype), dispersion)  # (k, c)
+        for g, I, level, z, intercept in zip(gradients, informations, chunk.codes, chunk.Z, rows.intercepts):
             if intercept:
                 g[:, :, 0].index_add_(0, level, nll_gradient)
                 I[:, 0].index_add_(0, level, information)

@@ -50,8 +50,13 @@ class Rows:
         """The rows of every shard (summed once per set of rows: an all-reduce in a data-parallel fit)."""
         return int(self.total(torch.tensor(float(len(self)), dtype=torch.float64)))
 
-    def take(self, index: torch.Tensor) -> Rows:
-        """The rows at positions ``index`` (b,) long, in that order."""
+    @cached_property
+    def intercepts(self) -> tuple[bool, ...]:
+        """Per term, whether its Z is one column of ones (an intercept: its effects enter as they are)."""
+        return tuple(Z.shape[1] == 1 and bool((Z == 1).all()) for Z in self.Z)
+
+    def take(self, index: torch.Tensor | slice) -> Rows:
+        """The rows at positions ``index`` ((b,) long, in that order; a slice gives views)."""
         return Rows(
             X_networks=tuple(X[index] for X in self.X_networks),
             X_fixed=self.X_fixed[index],
@@ -75,8 +80,8 @@ def random_part(effects: tuple[torch.Tensor, ...], rows: Rows) -> torch.Tensor:
     that predict new levels pass effects padded with a zero level at the end.
     """
     total = 0.0
-    for B, codes, Z in zip(effects, rows.codes, rows.Z):
-        total = total + torch.einsum("bp,mbpc->mbc", Z, B[:, codes])
+    for B, codes, Z, intercept in zip(effects, rows.codes, rows.Z, rows.intercepts):
+        total = total + (B[:, codes, 0] if intercept else torch.einsum("bp,mbpc->mbc", Z, B[:, codes]))
     return total
 
 
