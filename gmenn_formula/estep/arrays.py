@@ -76,10 +76,13 @@ class DrawInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class EpochDraws:
-    """Kept draws of one epoch, per term (m, q_l, p_l, c) numpy float32, and the sampler's diagnostics."""
+    """Kept draws of one epoch, per term (m, q_l, p_l, c) numpy float32, the sampler's diagnostics,
+    and the wall seconds of the draw call spent making compiled code (``setup_seconds``: tracing
+    the model and compiling, or loading what an earlier process stored)."""
 
     effects: tuple[np.ndarray, ...]
     info: DrawInfo
+    setup_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ center of the whitening (the mean of the previous epoch's draws), and turns
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -25,6 +26,7 @@ from gmenn_formula.estep.arrays import DrawInfo, EpochDraws, TermArrays
 from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
 from gmenn_formula.estep.kernels import model_kernels
 from gmenn_formula.estep.precondition import DENSE_OUTPUTS, Whitening, dense_whitening_bytes
+from gmenn_formula.estep.runtime import SETUP_CLOCK
 from gmenn_formula.estep.sharded import ShardedKernels, padded
 from gmenn_formula.families import Family
 from gmenn_formula.threads import side_by_side
@@ -178,6 +180,7 @@ class EStep:
         """One epoch of ``num_draws`` (K) draws given F (n, c) and per term covariances (c, p, p),
         dealt to m <= ``chains`` chains (:func:`chains_for`), the first ``burn_in`` (R) of each
         dropped: K - m R kept. K must be a multiple of the compiled chunk."""
+        started = time.perf_counter()
         chunk = self.config.num_draws
         if num_draws % chunk or not 0 <= burn_in < num_draws:
             raise ControlError(f"An E-step compiled for chunks of {chunk} draws cannot make K={num_draws}, R={burn_in}.")
@@ -211,7 +214,7 @@ class EStep:
         runs = side_by_side([partial(run_chain, c) for c in range(chains)], "gmenn-chain") if self.side_by_side else [run_chain(c) for c in range(chains)]
         kept, self.center, info = _join_chains(tuple(runs), burn_in)
         effects = tuple(np.array(d).reshape(d.shape[0], q, p, c) for d, (q, p, c) in zip(kept, self.shapes))
-        return EpochDraws(effects=effects, info=jax.device_get(info))
+        return EpochDraws(effects=effects, info=jax.device_get(info), setup_seconds=SETUP_CLOCK.seconds(started, time.perf_counter()))
 
 
 ROW_BUCKET_BITS = 6

@@ -30,7 +30,7 @@ from gmenn_formula.estep import sampler, store
 from gmenn_formula.estep.arrays import DrawInfo, SamplerConfig
 from gmenn_formula.estep.inputs import ModelData, ModelParams, Structure
 from gmenn_formula.estep.precondition import Position, Whitening, term_information, whitening_from_information
-from gmenn_formula.estep.runtime import configure_jax, default_device
+from gmenn_formula.estep.runtime import SETUP_CLOCK, configure_jax, default_device
 from gmenn_formula.families import Family
 
 COMPILED_STRUCTURES = 8
@@ -76,20 +76,21 @@ class ModelKernels:
         return self._function("sample_chunk", repr(config), trace)(key, state, whitening, (params, data))
 
     def _function(self, name: str, setting: str, trace: Callable) -> Callable:
-        """The jitted exported function ``name`` for ``setting``: kept, stored, or traced from the model."""
+        """The jitted exported function ``name`` for ``setting``: kept, stored, or traced from the
+        model (the loading or tracing counts as setup: :data:`~gmenn_formula.estep.runtime.SETUP_CLOCK`)."""
         label = f"{name}|{setting}"
         if label not in self._functions:
-            path = store.entry_path(name, f"{self.structure.describe()}|{setting}")
-            exported = store.load(path)
-            if exported is None:
-                from gmenn_formula.estep.model import compile_structure  # PyMC: only to trace
+            with SETUP_CLOCK.timing():
+                path = store.entry_path(name, f"{self.structure.describe()}|{setting}")
+                exported = store.load(path)
+                if exported is None:
+                    from gmenn_formula.estep.model import compile_structure  # PyMC: only to trace
 
-                exported = trace(compile_structure(self.structure))
-                store.save(path, exported)
-            device = jax.sharding.SingleDeviceSharding(default_device())
-            self._functions[label] = jax.jit(exported.call, in_shardings=device, out_shardings=device)
+                    exported = trace(compile_structure(self.structure))
+                    store.save(path, exported)
+                device = jax.sharding.SingleDeviceSharding(default_device())
+                self._functions[label] = jax.jit(exported.call, in_shardings=device, out_shardings=device)
         return self._functions[label]
-
 
 @lru_cache(maxsize=COMPILED_STRUCTURES)
 def model_kernels(structure: Structure) -> ModelKernels:

@@ -22,7 +22,8 @@ does: :mod:`~gmenn_formula.estep.sampler` imports it where it traces). It sets:
   a warning): a process that fits a model of shapes seen before loads the compiled sampler and
   the small functions around it instead of compiling them again;
 - PyTensor's "Explicitly requested dtype" warnings off: its graphs cast to float64/int64
-  in places, which JAX truncates to float32/int32 as intended.
+  in places, which JAX truncates to float32/int32 as intended;
+- :data:`SETUP_CLOCK` listening to JAX's tracing and compilation events.
 
 A value the user set (an environment variable, a flag in ``XLA_FLAGS``) wins.
 """
@@ -31,7 +32,12 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 import warnings
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 """XLA_FLAGS as the process had them before the E-step's imports (PyMC's among them) changed them."""
@@ -79,6 +85,62 @@ def default_device():
     return jax.local_devices(backend=chosen)[0] if isinstance(chosen, str) else chosen
 
 
+SETUP_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+"""JAX's duration events of making compiled code: tracing to a jaxpr, lowering to StableHLO, and
+XLA's compilation or its load from the persistent cache."""
+SETUP_INTERVALS = 4096
+"""Intervals the clock keeps (the most recent): a fit makes tens to hundreds."""
+
+
+class SetupClock:
+    """When this process made the E-step's compiled code (wall-clock intervals of
+    ``time.perf_counter``): JAX's :data:`SETUP_EVENTS`, and building or loading the model's
+    functions (:meth:`timing`). Thread-safe; overlapping intervals (two chains' threads
+    compiling at once, JAX's events inside a build) count once in :meth:`seconds`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._intervals: deque[tuple[float, float]] = deque(maxlen=SETUP_INTERVALS)
+        self.listening = False
+
+    def add(self, start: float, end: float) -> None:
+        with self._lock:
+            self._intervals.append((start, end))
+
+    def on_event(self, event: str, duration: float, **_) -> None:
+        """A ``jax.monitoring`` duration listener: takes the :data:`SETUP_EVENTS`, just ended."""
+        if event in SETUP_EVENTS:
+            end = time.perf_counter()
+            self.add(end - duration, end)
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        """Count the wall time of the ``with`` body as setup."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(start, time.perf_counter())
+
+    def seconds(self, start: float, end: float) -> float:
+        """Seconds of [``start``, ``end``] (``perf_counter`` times) covered by setup intervals."""
+        with self._lock:
+            clipped = sorted((max(a, start), min(b, end)) for a, b in self._intervals if b > start and a < end)
+        covered, reached = 0.0, start
+        for a, b in clipped:
+            covered += max(0.0, b - max(a, reached))
+            reached = max(reached, b)
+        return covered
+
+
+SETUP_CLOCK = SetupClock()
+"""The process's :class:`SetupClock`; it hears JAX's events once :func:`configure_jax` has run."""
+
+
 def configure_jax() -> None:
     """Apply the settings above (idempotent; effective while JAX's backend has not started)."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -90,3 +152,6 @@ def configure_jax() -> None:
         jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
         jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
     warnings.filterwarnings("ignore", message="Explicitly requested dtype (float64|int64)", category=UserWarning)
+    if not SETUP_CLOCK.listening:
+        jax.monitoring.register_event_duration_secs_listener(SETUP_CLOCK.on_event)
+        SETUP_CLOCK.listening = True

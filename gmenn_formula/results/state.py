@@ -39,7 +39,9 @@ class EpochRecord:
     other families); the sampler's ``acceptance`` (mean), ``step_size``,
     ``leapfrog_steps`` (mean per draw) and ``divergences``; ``loss`` the training loss
     per row (the expected NLL per row for a plain GLMM), ``validation_loss`` per
-    validation row (network fits), None where the phase has none.
+    validation row (network fits), None where the phase has none; ``setup_seconds`` the part of
+    ``estep_seconds`` spent making the E-step's compiled code (tracing the model and XLA's
+    compilation, or loading them from the on-disk caches: once per model structure and process).
     """
 
     epoch: int
@@ -55,6 +57,7 @@ class EpochRecord:
     divergences: int
     loss: float | None = None
     validation_loss: float | None = None
+    setup_seconds: float = 0.0
 
     def scalars(self) -> dict[str, object]:
         """Every field but the covariances (JSON-ready)."""
@@ -68,7 +71,7 @@ class EpochRecord:
             raise ModelFileError(f"an epoch of the history has fields {sorted(scalars) if isinstance(scalars, dict) else scalars!r}")
         record = cls(**scalars, covariances=covariances)
         numbers = [record.seconds, record.estep_seconds, record.mstep_seconds, record.dispersion, record.acceptance, record.step_size]
-        numbers += [record.leapfrog_steps] + [v for v in (record.loss, record.validation_loss) if v is not None]
+        numbers += [record.leapfrog_steps, record.setup_seconds] + [v for v in (record.loss, record.validation_loss) if v is not None]
         ok = isinstance(record.epoch, int) and isinstance(record.divergences, int) and record.phase in PHASES
         if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
             raise ModelFileError(f"epoch {scalars.get('epoch')!r} of the history holds values of the wrong type")

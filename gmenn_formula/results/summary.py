@@ -169,7 +169,9 @@ class Summary:
         divergences = int(np.sum([h.divergences for h in history]))
         sampler = sum(h.estep_seconds for h in history)
         waited = sum(h.seconds - h.mstep_seconds for h in history)
-        beside = f" ({sampler - waited:.1f} s of it beside the M-step)" if sampler - waited >= 0.05 else ""
+        parts = [(sum(h.setup_seconds for h in history), "tracing and compiling"), (sampler - waited, "beside the M-step")]
+        shown = [f"{seconds:.1f} s{' of it' if not i else ''} {what}" for i, (seconds, what) in enumerate(p for p in parts if p[0] >= 0.05)]
+        of_it = f" ({', '.join(shown)})" if shown else ""
         training = any(h.phase == "train" for h in history)
         draws = f"K = {estep.training_draws} draws/epoch while training, then {estep.draws}" if training else f"K = {estep.draws} draws/epoch"
         diagnostics = "" if self.sampler == "exact" else (
@@ -177,7 +179,7 @@ class Summary:
         )
         return [
             f"E-step: {self.sampler} sampler, {draws}, R = {estep.burn_in} burn-in{diagnostics}",
-            f" time: {self.state.seconds:.1f} s in all, E-step {sampler:.1f} s{beside}",
+            f" time: {self.state.seconds:.1f} s in all, E-step {sampler:.1f} s{of_it}",
         ]
 
     def convergence_lines(self) -> list[str]:

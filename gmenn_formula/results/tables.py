@@ -114,4 +114,6 @@ def history(state: FitState, design: Design) -> pd.DataFrame:
                     record[f"var[{r.name}:{name}{suffix}]"] = S[i, i]
         records.append(record)
     frame = pd.DataFrame(records)
+    if len(frame):  # the E-step's setup beside its seconds
+        frame.insert(frame.columns.get_loc("estep_seconds") + 1, "setup_seconds", frame.pop("setup_seconds"))
     return frame.drop(columns=[name for name in ("loss", "validation_loss") if name in frame and frame[name].isna().all()])

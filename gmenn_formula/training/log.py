@@ -58,6 +58,7 @@ class EpochLog:
             divergences=int(info.num_divergences),
             loss=None if loss is None else float(loss),
             validation_loss=None if validation_loss is None else float(validation_loss),
+            setup_seconds=float(draws.setup_seconds),
         )
         self.records.append(record)
         self.last_draws = draws

@@ -3,6 +3,8 @@ chunk; an epoch's chunks dealt to independent chains side by side."""
 
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from gmenn_formula.errors import ControlError
 from gmenn_formula.estep.driver import EStep, chains_for, row_bucket
 from gmenn_formula.estep.arrays import TermArrays
+from gmenn_formula.estep.runtime import SetupClock
 from gmenn_formula.estep.sampler import SamplerConfig
 from gmenn_formula.families import get_family
 
@@ -98,6 +101,29 @@ def test_epochs_after_the_first_compile_nothing():
     finally:
         jax.monitoring.unregister_event_listener(listener)
     assert requests == []
+
+
+def test_a_draw_reports_the_seconds_it_spent_making_compiled_code():
+    """The first draw of a setting this process has not built reports the loading or tracing of its
+    functions and their compilation (above 0, at most the call's wall time); the next draw, none."""
+    estep = one_level_estep(np.ones(11), np.ones(11), chunk=3)  # a row count and chunk no other test uses
+    F, covariances = np.zeros((11, 1), np.float32), [np.ones((1, 1, 1))]
+    started = time.perf_counter()
+    first = estep.draw(F, covariances, 1.0, 3, 1)
+    assert 0.0 < first.setup_seconds <= time.perf_counter() - started
+    assert estep.draw(F, covariances, 1.0, 3, 1).setup_seconds == 0.0
+
+
+def test_the_setup_clock_counts_overlapping_intervals_once_and_only_within_the_window():
+    clock = SetupClock()
+    for start, end in [(1.0, 3.0), (2.0, 4.0), (10.0, 11.0)]:
+        clock.add(start, end)
+    assert clock.seconds(0.0, 5.0) == pytest.approx(3.0)
+    assert clock.seconds(2.5, 10.5) == pytest.approx(2.0)
+    assert clock.seconds(5.0, 9.0) == 0.0
+    clock.on_event("/jax/core/compile/backend_compile_duration", 0.5)
+    clock.on_event("/jax/some/other_duration", 100.0)
+    assert clock.seconds(time.perf_counter() - 10.0, time.perf_counter()) == pytest.approx(0.5)
 
 
 def _many_class_estep(num_coefs: int, kind: str = "whitened") -> EStep:

@@ -55,6 +55,7 @@ def _history(covariances: list[np.ndarray], phases: list[str], dispersion: float
                 seconds=0.375,
                 estep_seconds=0.25,
                 mstep_seconds=0.125,
+                setup_seconds=0.125 if epoch == 1 else 0.0,
                 covariances=tuple(S * scale for S in covariances),
                 dispersion=dispersion,
                 acceptance=0.8,

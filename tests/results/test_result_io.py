@@ -198,6 +198,31 @@ def test_damaged_file_gives_a_clear_error(damage, error, message: str, glmm_resu
         gf.load(path)
 
 
+def _history_rewritten(path: Path, change) -> bytes:
+    """META with ``change`` applied to each epoch of the history."""
+    with zipfile.ZipFile(path) as archive:
+        meta = json.loads(archive.read(META))
+    for entry in meta["history"]:
+        change(entry)
+    return json.dumps(meta).encode()
+
+
+def test_a_history_written_before_setup_seconds_loads_with_none_spent(glmm_result, tmp_path: Path) -> None:
+    path = glmm_result.save(tmp_path / "model.gmenn")
+    assert glmm_result.history["setup_seconds"].iloc[0] > 0
+    _rewrite(path, {META: _history_rewritten(path, lambda entry: entry.pop("setup_seconds"))})
+    loaded = gf.load(path)
+    assert (loaded.history["setup_seconds"] == 0).all()
+    assert "tracing and compiling" not in str(loaded.summary())
+
+
+def test_a_history_whose_setup_seconds_is_not_a_number_is_refused(glmm_result, tmp_path: Path) -> None:
+    path = glmm_result.save(tmp_path / "model.gmenn")
+    _rewrite(path, {META: _history_rewritten(path, lambda entry: entry.update(setup_seconds="__import__('os')"))})
+    with pytest.raises(ModelFileError, match="wrong type"):
+        gf.load(path)
+
+
 def test_missing_file_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="No model file at"):
         gf.load(tmp_path / "nothing.gmenn")
