@@ -81,14 +81,14 @@ def _worker_ours(csv: str, formula: str, family: str) -> dict:
     variances = {str(row.group): float(row.variance) for row in vc.itertuples() if row.term2 is None or pd.isna(row.term2)}
     fixef = {str(row.term): float(row.estimate) for row in fit.fixef().itertuples()}
     history = fit.history
-    estep = float(history["estep_seconds"].sum())
+    estep, setup = float(history["estep_seconds"].sum()), float(history["setup_seconds"].sum())
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,
         "variances": variances,
         "fixef": fixef,
         "peak_mb": _peak_mb(),
-        "note": f"{len(history)} epochs, E-step {estep / seconds:.0%}",
+        "note": f"{len(history)} epochs, E-step {estep / seconds:.0%} (tracing and compiling {setup:.1f} s)",
         "version": f"gmenn_formula {getattr(gf, '__version__', '?')}",
     }
 
