@@ -29,6 +29,12 @@ class TermArrays:
     def num_coefs(self) -> int:
         return self.Z.shape[1]
 
+    @property
+    def is_intercept(self) -> bool:
+        """Whether the term is a plain intercept, one coefficient whose column is 1 on every row: its
+        effects enter eta without a product with Z (one pass over the rows fewer each way per gradient)."""
+        return self.num_coefs == 1 and bool(np.all(self.Z == 1))
+
 
 class DrawInfo(NamedTuple):
     """Diagnostics of a run of K draws (a chunk, or an epoch's chunks joined); arrays of length

@@ -130,7 +130,8 @@ class EStep:
         # weight-0 rows up to the bucket (of the largest shard, so that every shard has the same size)
         self.padded_rows = size = row_bucket(largest_over_processes(len(y), data_parallel=mesh is not None))
         if size != self.num_rows:
-            terms = tuple(TermArrays(padded(t.codes, size), padded(t.Z, size), t.num_levels) for t in terms)
+            # an intercept's Z is padded with 1 so that it stays one (the rows weigh 0 either way)
+            terms = tuple(TermArrays(padded(t.codes, size), padded(t.Z, size, float(t.is_intercept)), t.num_levels) for t in terms)
             y, trials, weights = padded(y, size, y[0]), padded(trials, size, 1), padded(weights, size)
         structure = Structure.of(family, terms, y, trials, num_outputs)
         if config.kind == "whitened":

@@ -50,24 +50,25 @@ def model_data(terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray,
 class Structure(NamedTuple):
     """What the E-step's compiled functions depend on besides the values: the ``family``, the rows
     ``n``, the dtypes of y and trials, the outputs c and per term (levels, coefficients, codes'
-    dtype, Z's dtype). Hashable: the key of the compiled models and functions a process keeps."""
+    dtype, Z's dtype, whether it is a plain intercept: :attr:`TermArrays.is_intercept`). Hashable:
+    the key of the compiled models and functions a process keeps."""
 
     family: Family
     n: int
     y_dtype: str
     trials_dtype: str
     num_outputs: int
-    terms: tuple[tuple[int, int, str, str], ...]
+    terms: tuple[tuple[int, int, str, str, bool], ...]
 
     @classmethod
     def of(cls, family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, trials: np.ndarray, num_outputs: int) -> Structure:
-        layout = tuple((t.num_levels, t.num_coefs, t.codes.dtype.str, t.Z.dtype.str) for t in terms)
+        layout = tuple((t.num_levels, t.num_coefs, t.codes.dtype.str, t.Z.dtype.str, t.is_intercept) for t in terms)
         return cls(family, len(y), np.asarray(y).dtype.str, np.asarray(trials).dtype.str, num_outputs, layout)
 
     @property
     def shapes(self) -> tuple[tuple[int, int, int], ...]:
         """(q_l, p_l, c) of each term."""
-        return tuple((q, p, self.num_outputs) for q, p, _, _ in self.terms)
+        return tuple((q, p, self.num_outputs) for q, p, *_ in self.terms)
 
     def describe(self) -> str:
         """A text that names the structure (for the store's keys)."""

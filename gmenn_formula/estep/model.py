@@ -4,6 +4,7 @@ The model (n rows, c outputs, per random-effect term l: q_l levels, p_l coeffici
 
     B_l[q, c, :] ~ MvNormal(0, L_l[c] L_l[c]^T)         (p_l,) per level and class
     eta          = F + sum_l (B_l[codes_l] * Z_l[:, None, :]).sum(-1)      (n, c)
+                   (B_l[codes_l][:, :, 0] for a plain intercept: Z_l is 1)
     log p(y | B) = sum_i w_i log family(y_i | eta_i)     (a pm.Potential)
 
 Both log densities are ``pm.Potential`` terms on ``pm.Flat`` effects, up to
@@ -114,7 +115,7 @@ def build_model(family: Family, terms: tuple[TermArrays, ...], y: np.ndarray, tr
             Z = pm.Data(f"Z_{index}", term.Z)
             B = pm.Flat(f"B_{index}", shape=(term.num_levels, num_outputs, term.num_coefs))
             pm.Potential(f"prior_{index}", prior_logp(B, chol_inverse))
-            eta = eta + (B[codes] * Z[:, None, :]).sum(-1)
+            eta = eta + (B[codes][:, :, 0] if term.is_intercept else (B[codes] * Z[:, None, :]).sum(-1))
         pm.Deterministic("eta", eta)
         pm.Potential("y_obs", (weights * family.pymc_loglik(eta, y_data, trials_data, dispersion)).sum())
     return model, {name: var for name, var in model.named_vars.items() if isinstance(var, pytensor.compile.SharedVariable)}
@@ -131,7 +132,7 @@ def compile_structure(structure: Structure) -> CompiledModel:
     """Build the PyMC model of ``structure`` on placeholder data and jaxify it."""
     configure_jax()
     n, num_outputs = structure.n, structure.num_outputs
-    terms = tuple(TermArrays(np.zeros(n, codes), np.zeros((n, p), Z), q) for q, p, codes, Z in structure.terms)
+    terms = tuple(TermArrays(np.zeros(n, codes), np.full((n, p), intercept, Z), q) for q, p, codes, Z, intercept in structure.terms)
     model, shared = build_model(structure.family, terms, np.zeros(n, structure.y_dtype), np.ones(n, structure.trials_dtype), num_outputs)
     inputs = {name: pt.tensor(name=name, dtype=var.dtype, shape=var.get_value().shape) for name, var in shared.items()}
     priors = [model[f"prior_{index}"] for index in range(len(terms))]

@@ -1,5 +1,6 @@
 """The E-step's PyMC model: its log density and gradient against the same model written in JAX, its
-linear predictor against the sampler tests' reference, and no custom calls in what it compiles."""
+linear predictor against the sampler tests' reference (a plain intercept entering without its
+product with Z), and no custom calls in what it compiles."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from targets import linear_predictor
 
 from gmenn_formula.estep.sampler import SamplerConfig, init, sample_chunk
 from gmenn_formula.estep.arrays import TermArrays
-from gmenn_formula.estep.inputs import ModelParams, model_data
+from gmenn_formula.estep.driver import EStep
+from gmenn_formula.estep.inputs import ModelParams, Structure, model_data
 from gmenn_formula.estep.kernels import whitening_at
 from gmenn_formula.estep.model import compile_model
 from gmenn_formula.families import get_family
@@ -142,3 +144,26 @@ def test_a_model_of_the_same_structure_is_compiled_once_and_serves_other_data():
     np.testing.assert_allclose(again.eta(position, params, data), expected, rtol=1e-5, atol=1e-5)
     more_levels = tuple(TermArrays(t.codes, t.Z, t.num_levels + 1) for t in terms)
     assert compile_model(family, more_levels, y, trials, c) is not first
+
+
+def test_only_one_coefficient_of_ones_on_every_row_is_a_plain_intercept():
+    """The first term (Z = 1) enters eta as a plain intercept; a one-coefficient term whose column is
+    not all ones (here 1 but 2 on one row) keeps the product with Z, and eta is the reference's
+    either way. Padding rows up to the bucket keeps an intercept one."""
+    family, terms, y, trials, weights, c, params = problem("binomial")
+    column = terms[0].Z.copy()
+    column[5] = 2.0
+    almost = TermArrays(terms[0].codes, column, terms[0].num_levels)
+    structure = Structure.of(family, (terms[0], almost, terms[1]), y, trials, c)
+    assert [term[-1] for term in structure.terms] == [True, False, False]
+    compiled = compile_model(family, (terms[0], almost), y, trials, c)
+    data = model_data((terms[0], almost), y, trials, weights)
+    params = params._replace(chol_inverses=(params.chol_inverses[0],) * 2)
+    position = tuple(jnp.asarray(np.random.default_rng(3).normal(size=(q, p * c)), jnp.float32) for q, p, c in compiled.shapes)
+    expected = linear_predictor(params.F, data.codes, data.Z, position)
+    np.testing.assert_allclose(compiled.eta(position, params, data), expected, rtol=1e-5, atol=1e-5)
+    rows = 1010  # padded to a bucket of 1,016
+    intercept = TermArrays(np.zeros(rows, np.int32), np.ones((rows, 1), np.float32), 1)
+    estep = EStep(family, (intercept,), np.ones(rows, np.float32), np.ones(rows, np.float32), np.ones(rows, np.float32), 1,
+                  SamplerConfig(num_draws=2, burn_in=0, max_tree_depth=3), seed=0)
+    assert estep.padded_rows == 1016 and estep.kernels.structure.terms[0][-1]
