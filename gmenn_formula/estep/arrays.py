@@ -17,6 +17,13 @@ Array = Any
 SamplerKind = Literal["whitened", "paper"]
 
 
+def is_plain_intercept(Z: Any) -> bool:
+    """Whether a term's Z (n, p), numpy or torch, is one column of 1 on every row: a plain
+    intercept, whose effects enter eta as they are, without a product with Z (the E-step's model and
+    the M-step's statistics both take that path)."""
+    return Z.shape[1] == 1 and bool((Z == 1).all())
+
+
 @dataclass(frozen=True)
 class TermArrays:
     """One random-effect term: ``codes`` (n,) int32 in [0, q), ``Z`` (n, p) float32."""
@@ -31,9 +38,8 @@ class TermArrays:
 
     @property
     def is_intercept(self) -> bool:
-        """Whether the term is a plain intercept, one coefficient whose column is 1 on every row: its
-        effects enter eta without a product with Z (one pass over the rows fewer each way per gradient)."""
-        return self.num_coefs == 1 and bool(np.all(self.Z == 1))
+        """:func:`is_plain_intercept` of Z (one pass over the rows fewer each way per gradient)."""
+        return is_plain_intercept(self.Z)
 
 
 class DrawInfo(NamedTuple):

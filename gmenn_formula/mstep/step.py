@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from gmenn_formula.distributed.group import single_shard
+from gmenn_formula.estep.arrays import is_plain_intercept
 from gmenn_formula.families import Family
 from gmenn_formula.mstep.networks import FixedPart
 
@@ -52,8 +53,8 @@ class Rows:
 
     @cached_property
     def intercepts(self) -> tuple[bool, ...]:
-        """Per term, whether its Z is one column of ones (an intercept: its effects enter as they are)."""
-        return tuple(Z.shape[1] == 1 and bool((Z == 1).all()) for Z in self.Z)
+        """Per term, :func:`~gmenn_formula.estep.arrays.is_plain_intercept` of its Z."""
+        return tuple(is_plain_intercept(Z) for Z in self.Z)
 
     def take(self, index: torch.Tensor | slice) -> Rows:
         """The rows at positions ``index`` ((b,) long, in that order; a slice gives views)."""
